@@ -1,0 +1,84 @@
+"""Run outputs a program and a person can read: metrics as JSON lines + TensorBoard, tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _plain(v: Any) -> Any:
+    """JSON-friendly scalar (numpy/jax scalars to float/int; NaN kept as null)."""
+    if hasattr(v, "item") and np.ndim(v) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricWriter:
+    """Writes ``metrics.jsonl`` (one JSON object per line: step, wall time, metrics) and
+    TensorBoard event files into ``directory``. Only process 0 writes on multi-host runs."""
+
+    def __init__(self, directory: str, enabled: bool | None = None):
+        import jax
+        self.directory = directory
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._tb = None
+        self._f = None
+        if self.enabled:
+            os.makedirs(directory, exist_ok=True)
+            self._f = open(os.path.join(directory, "metrics.jsonl"), "a", buffering=1)
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(directory, "tb"))
+            except ImportError:  # TensorBoard output is optional; JSON lines are not
+                self._tb = None
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        rec = {"step": int(step), "time": time.time()}
+        rec.update({k: _plain(v) for k, v in metrics.items()})
+        self._f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in rec.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, int(step))
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def write_json(path: str, obj: Mapping[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_plain)
+
+
+def print_table(title: str, rows: Mapping[str, Mapping[str, Any]], columns: list[str] | None = None
+                ) -> None:
+    """A rich table: one row per key of ``rows`` (e.g. a policy), one column per metric."""
+    from rich.console import Console
+    from rich.table import Table
+    columns = columns or sorted({c for r in rows.values() for c in r})
+    t = Table(title=title)
+    t.add_column("")
+    for c in columns:
+        t.add_column(c, justify="right")
+    for name, r in rows.items():
+        cells = []
+        for c in columns:
+            v = _plain(r.get(c))
+            cells.append("-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+        t.add_row(name, *cells)
+    Console().print(t)

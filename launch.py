@@ -1,0 +1,88 @@
+"""The one entry point: ``python launch.py [STAGE] [--config FILE] [--config.a.b=V ...] [--workdir DIR]``.
+
+Stages (run in this order by ``all``, the default):
+  data  generate the synthetic NAVSIM-format world (embedded default) and build the TFDS dataset
+  il    stage 1: imitation learning of the VLA policy
+  irl   stage 2: the reward world model, by inverse RL from the expert and the EPDMS scorer
+  rl    stage 3: PPO of the diffusion planner inside the reward world model
+  eval  EPDMS of the IL and RL policies side by side -> <workdir>/eval/eval.json
+
+With no arguments it runs ``all`` on configs/tiny.py (CPU, minutes). Examples:
+  python launch.py data --config.data.dir=/scratch/irlvla
+  python launch.py il --config configs/navsim.py --config.il.num_steps=100000 --workdir runs/x
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO)
+
+STAGES = ("data", "il", "irl", "rl", "eval")
+
+config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "tiny.py"),
+                                "An ml_collections config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
+
+
+def _stage_fn(stage: str):
+    """Import lazily so a stage that is missing fails alone, with a message that says so."""
+    try:
+        if stage == "data":
+            from irlvla_jax.data.prepare import prepare_data
+            return lambda config, workdir: prepare_data(config)
+        if stage == "il":
+            from irlvla_jax.train import il
+            return il.run
+        if stage == "irl":
+            from irlvla_jax.train import irl
+            return irl.run
+        if stage == "rl":
+            from irlvla_jax.train import ppo
+            return ppo.run
+        if stage == "eval":
+            from irlvla_jax import evaluate
+            return evaluate.run
+    except ImportError as e:
+        if (getattr(e, "name", "") or "").startswith("irlvla_jax"):
+            raise SystemExit(f"launch.py: stage '{stage}' is not built yet in this checkout "
+                             f"({e}).") from None
+        raise
+    raise SystemExit(f"launch.py: unknown stage '{stage}'; choose from {', '.join(STAGES)}, all")
+
+
+def main(argv):
+    args = [a for a in argv[1:]]
+    if len(args) > 1:
+        raise app.UsageError(f"expected one stage, got {args}")
+    stage = args[0] if args else "all"
+    if stage not in (*STAGES, "all"):
+        raise app.UsageError(f"unknown stage '{stage}'; choose from {', '.join(STAGES)}, all")
+    config = flags.FLAGS.config
+    workdir = os.path.abspath(flags.FLAGS.workdir or os.path.join(REPO, config.workdir))
+    from irlvla_jax.parallel import maybe_initialize_distributed
+    maybe_initialize_distributed()
+    os.makedirs(workdir, exist_ok=True)
+    todo = STAGES if stage == "all" else (stage,)
+    results = {}
+    for s in todo:
+        fn = _stage_fn(s)
+        t0 = time.time()
+        print(f"\n=== {s} ({config.name}) -> {workdir}", flush=True)
+        try:
+            results[s] = fn(config, workdir)
+        except NotImplementedError as e:
+            raise SystemExit(f"launch.py: stage '{s}' is not built yet: {e}") from None
+        print(f"=== {s} done in {time.time() - t0:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
