@@ -40,4 +40,25 @@ def get_config():
         max_lanes=128,
         lane_points=20,
     ))
+    # --- model encoders at paper scale (irlvla_jax/models) ------------------------------------
+    m = c.model
+    m.dtype = "bfloat16"
+    m.vision.update(dict(kind="resnet", stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512),
+                         stem_width=64, norm="frozen_bn", out_dim=256))    # ResNet-34, stride 32
+    m.bev.update(dict(query_hw=(128, 128), range_m=32.0, dim=256, num_layers=3, num_heads=8,
+                      mlp_dim=512, depths=(2.0, 5.0, 10.0, 20.0, 35.0, 55.0)))   # 64 m square
+    m.detection.update(dict(num_queries=30, num_layers=3, num_heads=8, mlp_dim=512))
+    m.map.update(dict(num_tokens=64, num_layers=2, num_heads=8, mlp_dim=512, seg_hw=(128, 128)))
+    m.semantic.update(dict(adaptor_tokens=64, adaptor_heads=16, num_meta_tokens=8, out_dim=256,
+                           prompt_len=96))
+    m.semantic.llm.update(dict(    # Qwen2.5-3B shapes: load its HF checkpoint with `pretrained`
+        vocab_size=151936, hidden_size=2048, num_layers=36, num_heads=16, num_kv_heads=2,
+        head_dim=128, intermediate_size=11008, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        qkv_bias=True, tie_word_embeddings=True))
+
+    # --- model.planner + il at paper scale (developer P) -----------------------------------
+    c.model.planner.update(dict(num_anchors=20, d_model=256, num_heads=8, num_blocks=2,
+                                mlp_ratio=4, fourier_freqs=8, bev_pool=4))
+    c.il.update(dict(num_steps=8000, lr=2e-4, warmup_steps=500, weight_decay=1e-2,
+                     log_every=50, eval_every=1000, ckpt_every=1000, eval_batches=50))
     return c

@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     # --- data (irlvla_jax/data) -------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
     d.dir = ""                 # "" = the repo's data/ folder; NAVSIM-format root + TFDS data go here
-    d.source = "synthetic"     # "synthetic" (generated under data.dir) or "navsim" (real root)
+    d.source = "synthetic"     # "synthetic" (generated under data.dir), "navsim" (real root) or
+                               # "random" (random-content scenes, no reader: pipeline tests)
     d.navsim_root = ""         # $OPENSCENE_DATA_ROOT when source == "navsim"
     d.maps_root = ""           # $NUPLAN_MAPS_ROOT when source == "navsim"
     d.train_split = "synthetic_train"
@@ -30,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.num_workers = 0          # grain worker processes (0 = in-process)
     d.prefetch = 2
     d.skip_bad = False         # skip (and count in a report) bad inputs instead of failing
+    d.random_scenes = 16       # scenes per split when source == "random" (pipeline smoke tests)
     d.sizes = ml_collections.ConfigDict(dict(
         num_future=10,
         cameras=("CAM_F0", "CAM_L0", "CAM_R0", "CAM_B0"),
@@ -54,6 +56,100 @@ def get_config() -> ml_collections.ConfigDict:
         lidar_points=4000,
     ))
 
+    # --- eval (irlvla_jax/evaluate.py) --------------------------------------------------------
+    c.eval = ml_collections.ConfigDict(dict(num_scenes=0))   # 0 = the whole eval split
+
     # --- mesh (irlvla_jax/parallel.py) ----------------------------------------------------------
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))   # -1: all devices on 'data'
+    # --- model encoders: vision, 3D reasoning, semantic reasoning (irlvla_jax/models) -------
+    if "model" not in c:
+        c.model = ml_collections.ConfigDict()
+    m = c.model
+    m.dtype = "float32"        # compute dtype ("bfloat16" on accelerators); params stay float32
+    m.vision = ml_collections.ConfigDict(dict(
+        kind="resnet",             # "resnet" (torchvision layout) or "vit"
+        stage_sizes=(1, 1, 1),     # blocks per stage: output stride 16
+        widths=(32, 48, 64),
+        stem_width=32,
+        norm="group",              # "group" (from scratch) or "frozen_bn" (pretrained, folded BN)
+        out_dim=64,
+        patch=8, width=64, depth=2, heads=4, mlp_dim=128,    # used when kind == "vit"
+        pretrained="",             # .safetensors/.npz in torchvision names ("" = random init)
+    ))
+    m.bev = ml_collections.ConfigDict(dict(
+        query_hw=(16, 16),         # BEV query grid = output BEV feature map
+        range_m=d.sizes.bev_range_m,   # the grid covers [-r, r] x [-r, r] metres
+        dim=64,
+        num_layers=1,
+        num_heads=4,
+        mlp_dim=128,
+        depths=(4.0, 8.0, 16.0, 32.0, 48.0),   # points along each camera ray for its position code
+        use_lidar=True,
+    ))
+    m.detection = ml_collections.ConfigDict(dict(
+        num_queries=16,            # object tokens; the nearest num_queries agents are the targets
+        range_m=d.sizes.bev_range_m,   # box centres are bounded to the BEV square
+        num_layers=1,
+        num_heads=4,
+        mlp_dim=128,
+        cost_class=1.0, cost_box=1.0,                         # Hungarian matching cost weights
+        weight_class=1.0, weight_box=1.0, no_object_weight=0.1,   # loss weights
+    ))
+    m.map = ml_collections.ConfigDict(dict(
+        num_tokens=16,             # map tokens for the planner
+        range_m=d.sizes.bev_range_m,
+        num_layers=1,
+        num_heads=4,
+        mlp_dim=128,
+        seg_hw=d.sizes.bev_hw,     # BEV semantic logits at the label raster's size
+        weight=1.0,
+    ))
+    m.semantic = ml_collections.ConfigDict(dict(
+        adaptor_tokens=8,          # driving vision adaptor: visual tokens -> this many latents
+        adaptor_heads=4,
+        num_meta_tokens=4,         # meta tokens handed to the planner
+        out_dim=64,                # width of the meta tokens
+        prompt_len=96,             # byte tokens of instruction + command (padded)
+        meta_weight=1.0,
+        llm=ml_collections.ConfigDict(dict(
+            vocab_size=264,        # byte tokenizer (259) padded to a multiple of 8
+            hidden_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=32,
+            intermediate_size=256,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            qkv_bias=False,
+            tie_word_embeddings=True,
+            pretrained="",         # HF LLaMA/Qwen safetensors directory ("" = random init)
+        )),
+    ))
+
+    # --- model.planner + policy switches + il (developer P: models/planner.py, models/policy.py,
+    #     train/il.py) --------------------------------------------------------------------------
+    if "model" not in c:
+        c.model = ml_collections.ConfigDict()
+    c.model.use_semantic = True     # False: skip the semantic LM (speed ablation); no meta tokens
+    c.model.planner = ml_collections.ConfigDict(dict(
+        num_anchors=20, d_model=64, num_heads=4, num_blocks=2, mlp_ratio=2, fourier_freqs=6,
+        bev_pool=2,                 # average-pool BEV tokens by this factor before cross-attn
+        traj_center=(24.0, 0.0, 0.0), traj_scale=(28.0, 20.0, 1.5),   # normalised = (x - c) / s
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,     # 'scaled_linear' schedule
+        train_t_max=50,             # train t ~ U[0, 50): truncated diffusion around the anchors
+        sample_t_start=20, sample_steps=2,   # DDIM timesteps (10, 0) as DiffusionDrive
+        eta=0.0, sigma_min_sample=0.04, sigma_min_logprob=0.1, logprob_clamp=(-5.0, 2.0),
+        x0_clip=3.0,                # clip predicted x0 in normalised space (0: off)
+    ))
+    c.il = ml_collections.ConfigDict(dict(
+        num_steps=300, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,
+        end_lr_factor=0.05,
+        loss_weights=dict(traj_cls=10.0, traj_reg=8.0, det_cls=1.0, det_box=1.0, bev=1.0,
+                          meta=1.0),
+        focal_alpha=0.25, focal_gamma=2.0,
+        log_every=10, eval_every=100, ckpt_every=100, keep_ckpts=2,
+        eval_batches=4,             # held-out batches per periodic evaluation (-1: whole split)
+        final_eval_batches=-1,
+    ))
     return c

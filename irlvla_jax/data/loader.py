@@ -1,0 +1,210 @@
+"""Built TFDS dataset -> grain (shuffle, repeat, batch, prefetch) -> Scene batches on the mesh.
+
+    mesh = parallel.make_mesh(config.mesh)
+    loader = make_loader(config, config.data.train_split, mesh, seed=config.seed, shuffle=True)
+    for scene, metas in loader:      # scene: Scene of jax Arrays [B, ...] sharded on 'data'
+        ...
+    state = loader.get_state()       # {"step": n}; make_loader(..., start_step=n) resumes there
+
+The order is a pure function of (seed, split, process shard): grain's ``MapDataset`` is random
+access, so resuming at step ``n`` is slicing the batched dataset at ``n`` (no replay), and worker
+processes (``config.data.num_workers``) do not change the order. Each epoch is reshuffled.
+Each process reads only the rows of the global batch that its devices hold.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any, Iterator, Sequence
+
+import grain
+from absl import flags as absl_flags
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from irlvla_jax import parallel, types
+from irlvla_jax.data import prepare
+
+
+def open_source(config, split: str):
+    """The split's random-access TFDS ArrayRecord data source (``len``, ``[i]``); no TF."""
+    path = prepare.dataset_path(config)
+    builder = tfds.builder_from_directory(str(path))
+    if split not in builder.info.splits:
+        raise ValueError(f"split {split!r} is not in the dataset at {path}; it has "
+                         f"{sorted(builder.info.splits)} (set config.data.train_split / "
+                         f"eval_split and run `python launch.py data`)")
+    return builder.as_data_source(split)
+
+
+def _text(x: Any) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def decode_example(index: int, example: dict[str, Any], *, spec, split: str
+                   ) -> tuple[dict[str, np.ndarray], types.SceneMeta]:
+    """One stored example -> (dict of numpy arrays exactly as ``spec``, SceneMeta).
+
+    TFDS's numpy reader returns scalars as Python numbers; they are cast back to the documented
+    dtype here. A shape that disagrees with ``spec`` means the dataset was built for another
+    Scene contract: that is an error, not something to reshape.
+    """
+    arrays = {}
+    for name, (shape, dtype) in spec.items():
+        if name not in example:
+            raise ValueError(f"{split} example {index}: stored dataset lacks field {name!r}; "
+                             f"rebuild it with `python launch.py data`")
+        a = np.asarray(example[name], dtype=dtype)
+        if a.shape != shape:
+            raise ValueError(f"{split} example {index}: field {name!r} has shape {a.shape}, "
+                             f"expected {shape}; rebuild with `python launch.py data`")
+        arrays[name] = a
+    prev = _text(example["previous_token"])
+    meta = types.SceneMeta(
+        token=_text(example["token"]), log_name=_text(example["log_name"]),
+        map_location=_text(example["map_location"]), previous_token=prev or None,
+        track_tokens=[_text(t) for t in example["track_tokens"]], split=split,
+        scene_index=int(index))
+    return arrays, meta
+
+
+def collate(items: Sequence[tuple[dict[str, np.ndarray], types.SceneMeta]]
+            ) -> tuple[dict[str, np.ndarray], list[types.SceneMeta]]:
+    """Stack N decoded examples: every field gains a leading [N] axis; metas stay a list."""
+    names = items[0][0].keys()
+    return ({k: np.stack([a[k] for a, _ in items]) for k in names}, [m for _, m in items])
+
+
+def _process_rows(mesh, global_batch: int) -> tuple[int, int]:
+    """[lo, hi): the rows of the global batch held by this process's devices."""
+    index_map = parallel.data_sharding(mesh).addressable_devices_indices_map((global_batch,))
+    rows = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop)
+                   for s in index_map.values()})
+    lo, hi = rows[0][0], rows[-1][1]
+    if sum(b - a for a, b in rows) != hi - lo:
+        raise ValueError(f"this process's devices hold non-contiguous batch rows {rows}; "
+                         f"order the mesh devices by process")
+    return lo, hi
+
+
+class _Indexed:
+    """A data source whose records carry their own index: ``[i] -> (i, source[i])``."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, i: int):
+        return int(i), self._source[i]
+
+
+def _decode_indexed(record, *, spec, split):
+    return decode_example(*record, spec=spec, split=split)
+
+
+class SceneLoader:
+    """Iterator of ``(Scene batch [B, ...] sharded on 'data', list of B SceneMeta)``.
+
+    ``step`` counts batches from the start of the run (``start_step`` included), so
+    ``make_loader(..., start_step=loader.get_state()["step"])`` continues where this one stopped.
+    """
+
+    def __init__(self, batches: Iterator, mesh, start_step: int):
+        self._batches = iter(batches)
+        self._mesh = mesh
+        self.step = start_step
+        # One batch in flight on the device: device_put is asynchronous, so the next batch's
+        # transfer overlaps the caller's work on the current one.
+        self._ready: collections.deque = collections.deque()
+
+    def _put_next(self) -> None:
+        arrays, metas = next(self._batches)
+        self._ready.append((parallel.shard_batch(types.Scene.from_dict(arrays), self._mesh), metas))
+
+    def __iter__(self) -> "SceneLoader":
+        return self
+
+    def __next__(self) -> tuple[types.Scene, list[types.SceneMeta]]:
+        if not self._ready:
+            self._put_next()            # StopIteration ends the loader (finite num_epochs)
+        out = self._ready.popleft()
+        try:
+            self._put_next()
+        except StopIteration:
+            pass
+        self.step += 1
+        return out
+
+    def get_state(self) -> dict[str, int]:
+        return {"step": self.step}
+
+
+def make_dataset(config, split: str, *, seed: int, shuffle: bool, num_epochs: int | None,
+                 shard_index: int = 0, num_shards: int = 1, local_batch: int | None = None
+                 ) -> grain.MapDataset:
+    """The batched grain MapDataset of (arrays dict [b, ...], metas) for one process shard.
+
+    Random access: element ``n`` is batch ``n``. ``num_epochs=None`` repeats forever.
+    """
+    source = open_source(config, split)
+    spec = types.scene_spec(types.SceneSizes.from_config(config.data.sizes))
+    b = local_batch or config.data.batch_size
+    # Equal shards (the remainder is dropped) so every process runs the same number of steps.
+    per_shard = len(source) // num_shards
+    if per_shard < b:
+        raise ValueError(f"split {split!r} has {len(source)} scenes: too few for a batch of {b} "
+                         f"on each of {num_shards} process shard(s)")
+    # (record index, example): grain's map_with_index would see positions in the repeated,
+    # shuffled stream; SceneMeta.scene_index must be the record's index in the split.
+    ds = grain.MapDataset.source(_Indexed(source))
+    ds = ds.map(functools.partial(_decode_indexed, spec=spec, split=split))
+    ds = ds[shard_index * per_shard:(shard_index + 1) * per_shard]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)          # reshuffles each epoch (grain reseeds per epoch)
+    return ds.batch(b, drop_remainder=True, batch_fn=collate)
+
+
+def make_loader(config, split: str, mesh: jax.sharding.Mesh, *, seed: int, shuffle: bool,
+                num_epochs: int | None = None, start_step: int = 0) -> SceneLoader:
+    """Scene batches of ``config.data.batch_size`` (global) sharded on the mesh's 'data' axis.
+
+    Yields ``(Scene with fields [B, ...] as jax Arrays, list of B SceneMeta)``. Same
+    (seed, split, mesh, batch size) -> the same batches; ``start_step=n`` yields batch ``n``
+    first. ``num_epochs=None`` runs forever; otherwise the loader stops after the last full batch.
+    """
+    global_batch = config.data.batch_size
+    parallel.check_batch_divisible(global_batch, mesh)
+    lo, hi = _process_rows(mesh, global_batch)
+    local = hi - lo
+    ds = make_dataset(config, split, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                      shard_index=lo // local, num_shards=global_batch // local, local_batch=local)
+    ds = ds[start_step:]
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, config.data.prefetch),
+                                              prefetch_buffer_size=max(1, config.data.prefetch)))
+    if config.data.num_workers > 0:
+        # grain's workers read absl flags; outside an absl app nobody parsed them (defaults).
+        if not absl_flags.FLAGS.is_parsed():
+            absl_flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    return SceneLoader(it, mesh, start_step)
+
+
+def load_split_numpy(config, split: str, limit: int | None = None
+                     ) -> tuple[types.Scene, list[types.SceneMeta]]:
+    """The first ``limit`` scenes of a split (all when None), in stored order, for evaluation.
+
+    Returns (Scene of numpy arrays with a leading [N] axis, N SceneMeta).
+    """
+    source = open_source(config, split)
+    spec = types.scene_spec(types.SceneSizes.from_config(config.data.sizes))
+    n = len(source) if limit is None else min(int(limit), len(source))
+    if n == 0:
+        raise ValueError(f"split {split!r} has no scenes to load (limit={limit})")
+    items = [decode_example(i, source[i], spec=spec, split=split) for i in range(n)]
+    arrays, metas = collate(items)
+    return types.Scene.from_dict(arrays), metas

@@ -1,0 +1,768 @@
+"""NAVSIM logs (+ sensor blobs + nuPlan maps) -> fixed-shape Scene dicts and SceneMeta.
+
+    reader = SceneReader(navsim_root, maps_root, sizes)
+    for scene, meta in reader.iter_split("navtest"):   # dict of np arrays per types.scene_spec
+        ...
+    print(reader.skip_report)                          # with skip_bad=True
+
+Splits (one table, :data:`SPLITS`): a split name names a log folder under
+``navsim_logs/`` and ``sensor_blobs/`` (navtrain -> trainval, navtest -> test, mini -> mini,
+synthetic_* -> itself) and a window length (4 history + 10 future frames, a window starting at
+every frame; scenes whose current frame has an empty route are dropped, as NAVSIM's filter
+does). ``navhard_two_stage`` (4 + 8) reads stage 1 from ``navhard_two_stage/openscene_meta_datas``
+logs and stage 2 from ``navhard_two_stage/synthetic_scene_pickles`` (one scene a file; its group
+= the original scene it follows, recorded in :class:`NavsimSceneMeta`). The real navtrain/navtest/
+navhard splits are token subsets (NAVSIM's scene-filter yaml): pass ``token_lists={split: file}``
+(a text file with one token a line, a JSON list, or a YAML/JSON mapping with a ``tokens`` list).
+
+Everything is expressed in the t = 0 rear-axle frame (see ``irlvla_jax.types``); the route
+pipeline (correction, drivable map, starting lane, Dijkstra centreline) is ``data.route``.
+Cut and simplified entities are counted in the meta; bad input raises
+:class:`~irlvla_jax.data.errors.BadInputError` (or is skipped and counted with ``skip_bad``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import shapely
+from PIL import Image
+from shapely.geometry import LineString, Point
+
+from irlvla_jax import types
+from irlvla_jax.data import labels, route
+from irlvla_jax.data.errors import BadInputError, SkipReport
+from irlvla_jax.data.maps import CROSSWALK, WALKWAYS, MapAPI
+from irlvla_jax.data.render import read_pcd
+
+NUM_HISTORY = types.NUM_HISTORY
+CUR = NUM_HISTORY - 1              # index of the current frame inside a window
+FRAME_DT_US = 500_000
+DT_TOLERANCE_US = 100_000          # consecutive frames: 0.4 .. 0.6 s apart
+PREVIOUS_MAX_US = 550_000          # EC: the previous frame must be < 0.55 s earlier
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    log_folder: str        # under navsim_logs/ and sensor_blobs/ (two-stage: the split folder)
+    num_future: int        # future frames of a window
+    two_stage: bool = False
+
+
+SPLITS = {
+    "navtrain": SplitSpec("trainval", 10),
+    "navtest": SplitSpec("test", 10),
+    "mini": SplitSpec("mini", 10),
+    "synthetic_train": SplitSpec("synthetic_train", 10),
+    "synthetic_val": SplitSpec("synthetic_val", 10),
+    "navhard_two_stage": SplitSpec("navhard_two_stage", 8, two_stage=True),
+    "warmup_two_stage": SplitSpec("warmup_two_stage", 8, two_stage=True),
+}
+
+
+@dataclasses.dataclass
+class NavsimSceneMeta(types.SceneMeta):
+    """SceneMeta plus what the reader knows beyond the contract.
+
+    stage: 1 for logged scenes, 2 for navhard synthetic follow-ups; original_token: a stage-2
+    scene's stage-1 scene (its two-stage group); truncated: entity kind -> how many were cut to
+    fit the sizes; simplified_polygons: polygons simplified to ``max_polygon_vertices``.
+    """
+    stage: int = 1
+    original_token: str | None = None
+    truncated: dict[str, int] = dataclasses.field(default_factory=dict)
+    simplified_polygons: int = 0
+    corrected_route: list[str] = dataclasses.field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# One frame, normalised from either a log-pickle frame or a synthetic-scene frame.
+
+@dataclasses.dataclass
+class _Frame:
+    token: str
+    timestamp: int                 # microseconds
+    pose: np.ndarray               # (3,) global rear axle x, y, yaw
+    velocity: np.ndarray           # (2,) body frame
+    acceleration: np.ndarray       # (2,) body frame
+    command: np.ndarray            # (4,) one-hot
+    route: list[str]
+    lights: list[tuple[str, bool]]
+    boxes: np.ndarray              # (N, 7) ego frame x, y, z, l, w, h, yaw
+    names: list[str]
+    box_velocity: np.ndarray       # (N, 2) ego frame
+    tracks: list[str]
+    map_location: str
+    lidar_path: str | None
+    lidar2ego: np.ndarray          # (4, 4)
+    cams: dict[str, dict]
+    sample_next: str | None = None
+
+
+def yaw_of(q: Sequence[float]) -> float:
+    """Yaw of a [w, x, y, z] quaternion (pyquaternion's yaw_pitch_roll[0])."""
+    w, x, y, z = (float(v) for v in q)
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def _quat_matrix(q: Sequence[float]) -> np.ndarray:
+    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+_LOG_KEYS = ("token", "timestamp", "map_location", "roadblock_ids", "ego2global_translation",
+             "ego2global_rotation", "ego_dynamic_state", "traffic_lights", "driving_command",
+             "cams", "lidar_path")
+
+
+def _arr(v, shape, path, field) -> np.ndarray:
+    try:
+        a = np.asarray(v, np.float64)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or a.shape[-len(shape):] != shape or (a.size and not np.isfinite(a).all()):
+        raise BadInputError(path, "bad_frame", f"field {field!r} should be a finite array of shape "
+                            f"{shape}, got {getattr(a, 'shape', type(v).__name__)}",
+                            "the log pickle does not follow the NAVSIM format")
+    return a
+
+
+def _parse_log_frame(d: Any, path: Path, i: int) -> _Frame:
+    where = f"{path} frame {i}"
+    if not isinstance(d, dict):
+        raise BadInputError(path, "bad_frame", f"frame {i} is a {type(d).__name__}, not a dict",
+                            "the log pickle does not follow the NAVSIM format")
+    missing = [k for k in _LOG_KEYS if k not in d]
+    if missing:
+        raise BadInputError(path, "missing_keys", f"frame {i} lacks keys {missing}",
+                            "regenerate the log with the OpenScene/NAVSIM tools")
+    t = _arr(d["ego2global_translation"], (3,), where, "ego2global_translation")
+    q = _arr(d["ego2global_rotation"], (4,), where, "ego2global_rotation")
+    dyn = _arr(d["ego_dynamic_state"], (4,), where, "ego_dynamic_state")
+    if "lidar2ego" in d:
+        l2e = _arr(d["lidar2ego"], (4, 4), where, "lidar2ego")
+    else:
+        l2e = np.eye(4)
+        l2e[:3, :3] = _quat_matrix(_arr(d.get("lidar2ego_rotation", [1, 0, 0, 0]), (4,), where,
+                                        "lidar2ego_rotation"))
+        l2e[:3, 3] = _arr(d.get("lidar2ego_translation", [0, 0, 0]), (3,), where,
+                          "lidar2ego_translation")
+    anns = d.get("anns") or {}   # absent in the private test split: no agents
+    boxes = _arr(anns.get("gt_boxes", np.zeros((0, 7))), (7,), where, "anns.gt_boxes").reshape(-1, 7)
+    n = len(boxes)
+    vel = _arr(anns.get("gt_velocity_3d", np.zeros((n, 3))), (3,), where,
+               "anns.gt_velocity_3d").reshape(-1, 3)
+    names = [str(x) for x in anns.get("gt_names", [])]
+    tracks = [str(x) for x in anns.get("track_tokens", [])]
+    if not (len(vel) == len(names) == len(tracks) == n):
+        raise BadInputError(path, "bad_frame", f"frame {i}: anns fields have different lengths "
+                            f"(boxes {n}, velocities {len(vel)}, names {len(names)}, tracks "
+                            f"{len(tracks)})", "the log pickle is inconsistent")
+    cams = {str(k).upper(): v for k, v in (d["cams"] or {}).items()}
+    return _Frame(str(d["token"]), int(d["timestamp"]), np.array([t[0], t[1], yaw_of(q)]),
+                  dyn[:2], dyn[2:], _arr(d["driving_command"], (4,), where, "driving_command"),
+                  [str(r) for r in (d["roadblock_ids"] or [])],
+                  [(str(int(c)), bool(r)) for c, r in (d["traffic_lights"] or [])],
+                  boxes, names, vel[:, :2], tracks, str(d["map_location"]),
+                  d["lidar_path"], l2e, cams, d.get("sample_next"))
+
+
+def _parse_synthetic_frame(d: Any, path: Path, i: int, map_name: str) -> _Frame:
+    """A navhard synthetic-scene frame (``frames[i]`` of the scene pickle)."""
+    where = f"{path} frame {i}"
+    try:
+        ego = d["ego_status"]
+        pose = _arr(ego["ego_pose"], (3,), where, "ego_status.ego_pose")
+        if not ego.get("in_global_frame", True):
+            raise BadInputError(path, "bad_frame", f"frame {i}: ego pose not in the global frame",
+                                "synthetic scenes must store global ego poses")
+        ann = d.get("annotations") or {}
+        boxes = _arr(ann.get("boxes", np.zeros((0, 7))), (7,), where, "boxes").reshape(-1, 7)
+        vel = _arr(ann.get("velocity_3d", np.zeros((len(boxes), 3))), (3,), where,
+                   "velocity_3d").reshape(-1, 3)
+        cams = {str(k).upper(): v for k, v in (d.get("camera_dict") or {}).items()}
+        l2e = _arr(d["lidar2ego"], (4, 4), where, "lidar2ego") if "lidar2ego" in d else np.eye(4)
+        return _Frame(str(d["token"]), int(d["timestamp"]), pose,
+                      _arr(ego["ego_velocity"], (2,), where, "ego_velocity"),
+                      _arr(ego["ego_acceleration"], (2,), where, "ego_acceleration"),
+                      _arr(ego["driving_command"], (4,), where, "driving_command"),
+                      [str(r) for r in (d.get("roadblock_ids") or [])],
+                      [(str(int(c)), bool(r)) for c, r in (d.get("traffic_lights") or [])],
+                      boxes, [str(x) for x in ann.get("names", [])], vel[:, :2],
+                      [str(x) for x in ann.get("track_tokens", [])], map_name,
+                      d.get("lidar_path"), l2e, cams)
+    except (KeyError, TypeError) as e:
+        raise BadInputError(path, "missing_keys", f"synthetic frame {i} lacks {e}",
+                            "the synthetic scene pickle does not follow the NAVSIM format")
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except FileNotFoundError:
+        raise BadInputError(path, "missing_file", "file not found", "check navsim_root")
+    except Exception as e:   # truncated / corrupt pickles raise many different types
+        raise BadInputError(path, "corrupt_pickle", f"cannot unpickle ({type(e).__name__}: {e})",
+                            "the file is truncated or corrupt; re-download it") from None
+
+
+# ----------------------------------------------------------------------------------------------
+class _Local:
+    """Global -> t = 0 rear-axle frame."""
+
+    def __init__(self, pose: np.ndarray):
+        self.p, self.h = pose[:2], float(pose[2])
+        c, s = math.cos(self.h), math.sin(self.h)
+        self.R = np.array([[c, s], [-s, c]])   # rotation by -h
+
+    def xy(self, xy: np.ndarray) -> np.ndarray:
+        """[..., 2] global -> [..., 2] local."""
+        return (np.asarray(xy, np.float64) - self.p) @ self.R.T
+
+    def pose(self, pose: np.ndarray) -> np.ndarray:
+        """[..., 3] global -> [..., 3] local (heading wrapped)."""
+        pose = np.asarray(pose, np.float64)
+        return np.concatenate([self.xy(pose[..., :2]), route.wrap(pose[..., 2:] - self.h)], -1)
+
+    def vec(self, v: np.ndarray) -> np.ndarray:
+        return np.asarray(v, np.float64) @ self.R.T
+
+
+def _rot(h: float) -> np.ndarray:
+    c, s = math.cos(h), math.sin(h)
+    return np.array([[c, -s], [s, c]])
+
+
+def _ring(geom, max_v: int) -> tuple[np.ndarray, bool]:
+    """Exterior ring without the closing vertex [n <= max_v, 2] (largest part of a multi-
+    polygon; holes dropped); simplified with doubling tolerance until it fits. -> (ring,
+    simplified)."""
+    if geom.geom_type != "Polygon":
+        geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
+    ring = np.asarray(geom.exterior.coords)[:-1, :2]
+    if len(ring) <= max_v:
+        return ring, False
+    tol = 0.05
+    for _ in range(30):
+        g = shapely.simplify(geom, tol, preserve_topology=True)
+        ring = np.asarray(g.exterior.coords)[:-1, :2]
+        if len(ring) <= max_v:
+            return ring, True
+        tol *= 2
+    return np.asarray(geom.minimum_rotated_rectangle.exterior.coords)[:-1, :2], True
+
+
+def _pad_rings(rings: list[np.ndarray], P: int, V: int):
+    """Rings -> (polygons [P, V, 2] f32, vertex_valid [P, V], valid [P]); padded vertices repeat
+    the first vertex (types.py convention)."""
+    poly = np.zeros((P, V, 2), np.float32)
+    vv = np.zeros((P, V), bool)
+    for i, r in enumerate(rings[:P]):
+        poly[i, :len(r)] = r
+        poly[i, len(r):] = r[0]
+        vv[i, :len(r)] = True
+    valid = np.zeros(P, bool)
+    valid[:min(len(rings), P)] = True
+    return poly, vv, valid
+
+
+def _resample(line: LineString, k: int) -> np.ndarray:
+    """A polyline resampled to k points equally spaced by arc length -> [k, 3] (x, y,
+    heading of the local direction)."""
+    pts = shapely.line_interpolate_point(line, np.linspace(0.0, line.length, k))
+    xy = shapely.get_coordinates(pts)[:, :2]
+    d = np.diff(xy, axis=0)
+    h = np.arctan2(d[:, 1], d[:, 0])
+    return np.concatenate([xy, np.concatenate([h, h[-1:]])[:, None]], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+class SceneReader:
+    """Reads NAVSIM-format data into Scene dicts; see the module docstring.
+
+    Args:
+      navsim_root: ``$OPENSCENE_DATA_ROOT`` (holding navsim_logs/, sensor_blobs/, and for the
+        two-stage splits navhard_two_stage/).
+      maps_root: ``$NUPLAN_MAPS_ROOT``.
+      sizes: the static Scene sizes.
+      skip_bad: skip scenes with bad input and count them in ``skip_report`` instead of raising.
+      token_lists: optional ``{split: token-list file}`` restricting a split to those scene
+        tokens (NAVSIM's navtrain/navtest scene filters).
+    """
+
+    def __init__(self, navsim_root, maps_root, sizes: types.SceneSizes, skip_bad: bool = False,
+                 token_lists: Mapping[str, str | Path] | None = None):
+        if sizes.max_polygon_vertices < 4:
+            raise ValueError("sizes.max_polygon_vertices must be >= 4 (a polygon simplified as "
+                             f"far as it goes is a rectangle), got {sizes.max_polygon_vertices}")
+        self.root, self.maps_root = Path(navsim_root), Path(maps_root)
+        self.sizes, self.skip_bad = sizes, skip_bad
+        self.token_lists = dict(token_lists or {})
+        self.skip_report = SkipReport()
+        self._log_cache: tuple[Path, list] | None = None
+
+    # -- splits -----------------------------------------------------------------------------------
+    def _spec(self, split: str) -> SplitSpec:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {sorted(SPLITS)}")
+        return SPLITS[split]
+
+    def _log_dir(self, split: str) -> Path:
+        s = self._spec(split)
+        if s.two_stage:
+            return self.root / s.log_folder / "openscene_meta_datas"
+        return self.root / "navsim_logs" / s.log_folder
+
+    def _sensor_root(self, split: str) -> Path:
+        s = self._spec(split)
+        if s.two_stage:
+            return self.root / s.log_folder / "sensor_blobs"
+        return self.root / "sensor_blobs" / s.log_folder
+
+    def splits(self) -> list[str]:
+        """The splits whose log folder exists under navsim_root."""
+        return [s for s in SPLITS if self._log_dir(s).is_dir()]
+
+    def _tokens(self, split: str) -> set[str] | None:
+        path = self.token_lists.get(split)
+        if path is None:
+            return None
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise BadInputError(path, "missing_file", f"cannot read token list ({e})",
+                                "check token_lists")
+        if path.suffix in (".json", ".yaml", ".yml"):
+            if path.suffix == ".json":
+                data = json.loads(text)
+            else:
+                import yaml  # only needed for NAVSIM's own filter files
+                data = yaml.safe_load(text)
+            data = data.get("tokens", data) if isinstance(data, dict) else data
+            return {str(t) for t in data}
+        return {ln.strip() for ln in text.splitlines() if ln.strip()}
+
+    # -- iteration --------------------------------------------------------------------------------
+    def _skip_or_raise(self, err: BadInputError, count: int = 1) -> None:
+        if not self.skip_bad:
+            raise err
+        self.skip_report.add(err, count)
+
+    def iter_split(self, split: str, num_future: int | None = None
+                   ) -> Iterator[tuple[dict[str, np.ndarray], NavsimSceneMeta]]:
+        """Yield (scene dict, meta) for every scene of ``split`` in a deterministic order (logs
+        sorted by name, windows by start frame; two-stage: stage 1 then stage 2 pickles).
+
+        num_future: future frames per window (default: the split's, 10 or 8). Scene dicts have
+        ``expert_future`` of ``sizes.num_future`` rows; rows beyond the window are invalid.
+        """
+        spec = self._spec(split)
+        nf = spec.num_future if num_future is None else int(num_future)
+        tokens = self._tokens(split)
+        log_dir = self._log_dir(split)
+        if not log_dir.is_dir():
+            raise BadInputError(log_dir, "missing_split", f"no log folder for split {split!r}",
+                                "check navsim_root or generate the data first")
+        index = 0
+        for path in sorted(log_dir.glob("*.pkl")):
+            try:
+                frames = self._frames(path)
+            except BadInputError as e:
+                self._skip_or_raise(e)
+                continue
+            for start in range(0, len(frames) - NUM_HISTORY - nf + 1):
+                cur = frames[start + CUR]
+                if isinstance(cur, _Frame):
+                    if not cur.route or (tokens is not None and cur.token not in tokens):
+                        continue   # NAVSIM's has_route / token filters, not bad input
+                try:
+                    out = self._scene(frames, start, nf, split, path)
+                except BadInputError as e:
+                    self._skip_or_raise(e)
+                    continue
+                out[1].scene_index = index
+                index += 1
+                yield out
+        if spec.two_stage:
+            syn_dir = self.root / spec.log_folder / "synthetic_scene_pickles"
+            for path in sorted(syn_dir.glob("*.pkl")):
+                try:
+                    out = self._synthetic_scene(path, split, nf, tokens)
+                except BadInputError as e:
+                    self._skip_or_raise(e)
+                    continue
+                if out is None:
+                    continue
+                out[1].scene_index = index
+                index += 1
+                yield out
+
+    def read_scene(self, split: str, log_name: str, token: str
+                   ) -> tuple[dict[str, np.ndarray], NavsimSceneMeta]:
+        """The scene whose current frame is ``token`` in log ``log_name`` (two-stage splits: a
+        stage-2 token is looked up in synthetic_scene_pickles). Raises BadInputError."""
+        spec = self._spec(split)
+        path = self._log_dir(split) / f"{log_name}.pkl"
+        if spec.two_stage and not path.exists():
+            syn = self.root / spec.log_folder / "synthetic_scene_pickles"
+            for p in sorted(syn.glob("*.pkl")):
+                out = self._synthetic_scene(p, split, spec.num_future, {token})
+                if out is not None:
+                    return out
+            raise BadInputError(syn, "missing_scene", f"no scene with token {token!r}", "")
+        frames = self._frames(path)
+        idx = [i for i, f in enumerate(frames) if isinstance(f, _Frame) and f.token == token]
+        if not idx or idx[0] < CUR or idx[0] - CUR + NUM_HISTORY + spec.num_future > len(frames):
+            raise BadInputError(path, "missing_scene", f"token {token!r} is not the current frame "
+                                f"of a full {NUM_HISTORY}+{spec.num_future} window in this log",
+                                "check the token / log name")
+        return self._scene(frames, idx[0] - CUR, spec.num_future, split, path)
+
+    def _frames(self, path: Path) -> list:
+        """Parsed frames of a log; a frame that fails to parse is stored as its error."""
+        if self._log_cache and self._log_cache[0] == path:
+            return self._log_cache[1]
+        raw = _load_pickle(path)
+        if not isinstance(raw, list):
+            raise BadInputError(path, "corrupt_pickle", f"a log pickle holds a list of frames, "
+                                f"this one holds a {type(raw).__name__}", "check the file")
+        frames = []
+        for i, d in enumerate(raw):
+            try:
+                frames.append(_parse_log_frame(d, path, i))
+            except BadInputError as e:
+                frames.append(e)
+        self._log_cache = (path, frames)
+        return frames
+
+    # -- one scene --------------------------------------------------------------------------------
+    def _scene(self, frames: list, start: int, nf: int, split: str, path: Path):
+        # Agents and lights span t = 0..4 s (frames CUR..CUR+8) even when the window is shorter.
+        end = min(len(frames), start + max(NUM_HISTORY + nf, CUR + types.NUM_AGENT_STEPS))
+        used = frames[start:end]
+        for f in used[:NUM_HISTORY + nf]:
+            if isinstance(f, BadInputError):
+                raise f
+        for j, f in enumerate(used):   # later (agent-only) frames: stop at the first bad one
+            if isinstance(f, BadInputError):
+                used = used[:j]
+                break
+        for j in range(len(used) - 1):
+            a, b = used[j], used[j + 1]
+            dt = b.timestamp - a.timestamp
+            linked = a.sample_next is None or a.sample_next == b.token
+            if abs(dt - FRAME_DT_US) > DT_TOLERANCE_US or not linked:
+                if j + 1 < NUM_HISTORY + nf:
+                    raise BadInputError(path, "window_gap", f"frames {start + j} and "
+                                        f"{start + j + 1} are not consecutive (dt {dt} us, "
+                                        f"sample_next {a.sample_next!r} vs token {b.token!r}): "
+                                        "the window crosses a log boundary",
+                                        "split the log at the gap")
+                used = used[:j + 1]
+                break
+        prev_ok = start >= 1 and isinstance(frames[start + CUR - 1], _Frame) and \
+            0 < used[CUR].timestamp - used[CUR - 1].timestamp < PREVIOUS_MAX_US
+        meta = NavsimSceneMeta(token=used[CUR].token, log_name=path.stem,
+                               map_location=used[CUR].map_location,
+                               previous_token=used[CUR - 1].token if prev_ok else None,
+                               track_tokens=[], split=split)
+        scene = self._build(used, nf, self._sensor_root(split), meta, str(path))
+        scene["has_previous"] = np.array(prev_ok)
+        scene["is_original"] = np.array(True)
+        types.check_scene(scene, self.sizes, where=f"{path} token {meta.token}")
+        return scene, meta
+
+    def _synthetic_scene(self, path: Path, split: str, nf: int, tokens: set[str] | None):
+        d = _load_pickle(path)
+        try:
+            sm = d["scene_metadata"]
+            raw = d["frames"]
+            nh = int(sm.get("num_history_frames", NUM_HISTORY))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise BadInputError(path, "missing_keys", f"synthetic scene pickle lacks {e}",
+                                "expected a dict with scene_metadata and frames") from None
+        if nh != NUM_HISTORY:
+            raise BadInputError(path, "bad_frame", f"num_history_frames is {nh}, expected "
+                                f"{NUM_HISTORY}", "")
+        map_name = str(sm.get("map_name", ""))
+        frames = [_parse_synthetic_frame(f, path, i, map_name) for i, f in enumerate(raw)]
+        if len(frames) < NUM_HISTORY:
+            raise BadInputError(path, "bad_frame", f"{len(frames)} frames, need {NUM_HISTORY}", "")
+        token = frames[CUR].token
+        if tokens is not None and token not in tokens:
+            return None
+        # Beyond the scene's frames, the pickle carries extended lights / detections for scoring.
+        ext_lights = list(d.get("extended_traffic_light_data") or [])
+        ext_dets = list(d.get("extended_detections_tracks") or [])
+        cur = frames[CUR]
+        for k in range(len(frames) - CUR, types.NUM_AGENT_STEPS):
+            j = k - (len(frames) - CUR)
+            if j >= len(ext_lights) and j >= len(ext_dets):
+                break
+            lights = [(str(int(c)), bool(r)) for c, r in ext_lights[j]] if j < len(ext_lights) \
+                else []
+            det = ext_dets[j] if j < len(ext_dets) else {}
+            boxes = np.asarray(det.get("boxes", np.zeros((0, 7))), np.float64).reshape(-1, 7)
+            vel = np.asarray(det.get("velocity_3d", np.zeros((len(boxes), 3))),
+                             np.float64).reshape(-1, 3)
+            # Extended detections are in the current ego frame; express them in a frame that
+            # carries the current pose so the common code re-expresses them correctly.
+            frames.append(dataclasses.replace(
+                cur, token=f"{cur.token}_ext{j}", timestamp=cur.timestamp + FRAME_DT_US * k,
+                lights=lights, boxes=boxes, names=[str(x) for x in det.get("names", [])],
+                box_velocity=vel[:, :2], tracks=[str(x) for x in det.get("track_tokens", [])],
+                lidar_path=None, cams={}))
+        meta = NavsimSceneMeta(token=token, log_name=str(sm.get("log_name", path.stem)),
+                               map_location=map_name, previous_token=None, track_tokens=[],
+                               split=split, stage=2,
+                               original_token=str(sm.get("corresponding_original_scene")))
+        n_future = min(nf, max(0, len(raw) - NUM_HISTORY))
+        scene = self._build(frames, n_future, self._sensor_root(split), meta, str(path))
+        scene["has_previous"] = np.array(False)
+        scene["is_original"] = np.array(False)
+        types.check_scene(scene, self.sizes, where=f"{path} token {token}")
+        return scene, meta
+
+    def _build(self, fr: list[_Frame], nf: int, sensor_root: Path, meta: NavsimSceneMeta,
+               where: str) -> dict[str, np.ndarray]:
+        s = self.sizes
+        cur = fr[CUR]
+        loc = _Local(cur.pose)
+        out: dict[str, np.ndarray] = {}
+        # ego
+        hist = fr[:NUM_HISTORY]
+        out["ego_history"] = loc.pose(np.stack([f.pose for f in hist])).astype(np.float32)
+        out["ego_history"][CUR] = 0.0
+        out["ego_history_velocity"] = np.stack([f.velocity for f in hist]).astype(np.float32)
+        out["ego_history_acceleration"] = np.stack([f.acceleration for f in hist]).astype(np.float32)
+        out["ego_history_time"] = np.array([(f.timestamp - cur.timestamp) * 1e-6 for f in hist],
+                                           np.float32)
+        out["ego_velocity"] = out["ego_history_velocity"][CUR].copy()
+        out["ego_acceleration"] = out["ego_history_acceleration"][CUR].copy()
+        out["driving_command"] = cur.command.astype(np.float32)
+        # expert future
+        F = s.num_future
+        fut = [f.pose for f in fr[NUM_HISTORY:NUM_HISTORY + min(nf, F)]]
+        out["expert_future"] = np.zeros((F, 3), np.float32)
+        out["expert_future_valid"] = np.zeros(F, bool)
+        if fut:
+            out["expert_future"][:len(fut)] = loc.pose(np.stack(fut))
+            out["expert_future_valid"][:len(fut)] = True
+        out.update(self._sensors(cur, sensor_root, where))
+        out.update(self._agents(fr, loc, meta))
+        m = MapAPI.load(self.maps_root, cur.map_location)
+        if not cur.route:
+            raise BadInputError(where, "bad_route", f"scene {cur.token} has an empty route",
+                                "NAVSIM drops such scenes; filter it out")
+        plan = route.plan_route(m, cur.pose, cur.route, where=f"{where} token {cur.token}")
+        meta.corrected_route = plan.corrected_ids
+        out.update(self._map(m, plan, loc, fr, meta))
+        # labels
+        t0 = out["agent_valid"][:, 0]
+        boxes = np.concatenate([out["agent_states"][t0, 0, :3], out["agent_size"][t0, :2]], 1)
+        road = [loc.xy(np.asarray(p.exterior.coords)[:-1]) for p, t in
+                zip(plan.dmap.polygons, plan.dmap.types)
+                if t in (types.LANE, types.LANE_CONNECTOR, types.INTERSECTION)]
+        walk_ids = m.proximal_objects(route.ego_center(cur.pose), s.bev_range_m * 1.5,
+                                      [WALKWAYS, CROSSWALK])
+        walks = [loc.xy(_ring(m.polygon(i, layer), 10 ** 6)[0])
+                 for layer in (WALKWAYS, CROSSWALK) for i in walk_ids[layer]]
+        lines = [loc.xy(np.asarray(self._lane(m, tok, typ).baseline.coords)[:, :2])
+                 for tok, typ in zip(plan.dmap.tokens, plan.dmap.types)
+                 if typ in (types.LANE, types.LANE_CONNECTOR)]
+        out["bev_semantic"] = labels.bev_semantic(road, walks, lines, boxes,
+                                                  out["agent_class"][t0], s.bev_hw, s.bev_range_m)
+        plan8 = out["expert_future"][:types.PLAN_LEN]
+        ok = out["expert_future_valid"][:types.PLAN_LEN].all()
+        out["meta_action"] = np.array(labels.meta_action(float(cur.velocity[0]), plan8) if ok
+                                      else 0, np.int32)
+        return out
+
+    @staticmethod
+    def _lane(m: MapAPI, token: str, typ: int):
+        return m.lanes[token] if typ == types.LANE else m.lane_connectors[token]
+
+    def _sensors(self, f: _Frame, root: Path, where: str) -> dict[str, np.ndarray]:
+        s = self.sizes
+        imgs, Ks, c2e = [], [], []
+        for name in s.cameras:
+            cam = f.cams.get(name)
+            if cam is None or "data_path" not in cam:
+                raise BadInputError(where, "missing_keys", f"frame {f.token} has no camera {name}",
+                                    "choose data.sizes.cameras among the log's cameras")
+            p = root / cam["data_path"]
+            try:
+                with Image.open(p) as im:
+                    im.load()
+                    arr, sx, sy = labels.resize_image(im, s.image_hw)
+            except FileNotFoundError:
+                raise BadInputError(p, "missing_sensor", f"camera image of frame {f.token} is "
+                                    "missing", "download the sensor blobs of this split") from None
+            except OSError as e:
+                raise BadInputError(p, "corrupt_sensor", f"cannot decode image ({e})",
+                                    "the JPEG is truncated or corrupt; re-download it") from None
+            imgs.append(arr)
+            Ks.append(labels.scale_intrinsics(_arr(cam["cam_intrinsic"], (3, 3), p,
+                                                   "cam_intrinsic"), sx, sy))
+            s2l = np.eye(4)
+            s2l[:3, :3] = _arr(cam["sensor2lidar_rotation"], (3, 3), p, "sensor2lidar_rotation")
+            s2l[:3, 3] = _arr(cam["sensor2lidar_translation"], (3,), p, "sensor2lidar_translation")
+            c2e.append(f.lidar2ego @ s2l)
+        out = {"cameras": np.stack(imgs).astype(np.uint8),
+               "cam_intrinsics": np.stack(Ks).astype(np.float32),
+               "cam_to_ego": np.stack(c2e).astype(np.float32)}
+        if not f.lidar_path:
+            raise BadInputError(where, "missing_keys", f"frame {f.token} has no lidar_path", "")
+        p = root / f.lidar_path
+        if not p.exists():
+            raise BadInputError(p, "missing_sensor", f"point cloud of frame {f.token} is missing",
+                                "download the sensor blobs of this split")
+        try:
+            pts = read_pcd(p)
+        except (ValueError, OSError) as e:
+            raise BadInputError(p, "corrupt_sensor", f"cannot read point cloud ({e})",
+                                "the .pcd is truncated or corrupt; re-download it") from None
+        xyz = pts[:3].T.astype(np.float64) @ f.lidar2ego[:3, :3].T + f.lidar2ego[:3, 3]
+        out["lidar_bev"] = labels.lidar_bev(xyz, s.lidar_bev_hw, s.bev_range_m)
+        return out
+
+    def _agents(self, fr: list[_Frame], loc: _Local, meta: NavsimSceneMeta):
+        s, T = self.sizes, types.NUM_AGENT_STEPS
+        tracks: dict[str, dict] = {}
+        for k in range(T):
+            if CUR + k >= len(fr):
+                break
+            f = fr[CUR + k]
+            R = _rot(float(f.pose[2]))
+            for b, name, v, tok in zip(f.boxes, f.names, f.box_velocity, f.tracks):
+                if name not in types.AGENT_CLASSES:
+                    raise BadInputError(meta.log_name, "bad_frame", f"frame {f.token}: unknown "
+                                        f"agent class {name!r}",
+                                        f"gt_names must be one of {types.AGENT_CLASSES}")
+                cls = types.AGENT_CLASSES.index(name)
+                xy = loc.xy(R @ b[:2] + f.pose[:2])
+                h = route.wrap(b[6] + f.pose[2] - loc.h)
+                vel = loc.vec(R @ v) if cls in types.DYNAMIC_CLASSES else np.zeros(2)
+                t = tracks.setdefault(tok, {"cls": cls, "size": b[3:6], "states": {}})
+                t["states"].setdefault(k, np.array([xy[0], xy[1], h, vel[0], vel[1]]))
+        order = sorted(tracks, key=lambda tok: min(np.hypot(*st[:2]) for st in
+                                                   tracks[tok]["states"].values()))
+        if len(order) > s.max_agents:
+            meta.truncated["agents"] = len(order) - s.max_agents
+        A = s.max_agents
+        states, valid = np.zeros((A, T, 5), np.float32), np.zeros((A, T), bool)
+        size, cls = np.zeros((A, 3), np.float32), np.zeros(A, np.int32)
+        for i, tok in enumerate(order[:A]):
+            t = tracks[tok]
+            for k, st in t["states"].items():
+                states[i, k], valid[i, k] = st, True
+            size[i], cls[i] = t["size"], t["cls"]
+        meta.track_tokens = order[:A]
+        return {"agent_states": states, "agent_valid": valid, "agent_size": size,
+                "agent_class": cls}
+
+    def _map(self, m: MapAPI, plan: route.RoutePlan, loc: _Local, fr: list[_Frame],
+             meta: NavsimSceneMeta) -> dict[str, np.ndarray]:
+        s = self.sizes
+        P, V = s.max_polygons, s.max_polygon_vertices
+        out: dict[str, np.ndarray] = {}
+        # drivable map, PDM order, cut by that order
+        dm = plan.dmap
+        if len(dm.tokens) > P:
+            meta.truncated["map_polygons"] = len(dm.tokens) - P
+        on_route = set(plan.route_lane_ids)
+        rings = []
+        for poly in dm.polygons[:P]:
+            r, simp = _ring(poly, V)
+            meta.simplified_polygons += simp
+            rings.append(loc.xy(r))
+        out["map_polygons"], out["map_vertex_valid"], out["map_polygon_valid"] = \
+            _pad_rings(rings, P, V)
+        out["map_polygon_type"] = np.zeros(P, np.int32)
+        out["map_polygon_type"][:len(rings)] = dm.types[:P]
+        out["map_polygon_on_route"] = np.zeros(P, bool)
+        out["map_polygon_on_route"][:len(rings)] = [
+            t in on_route and k in (types.LANE, types.LANE_CONNECTOR)
+            for t, k in zip(dm.tokens[:P], dm.types[:P])]
+        # centreline: drop vertices well behind the ego first, then the far end
+        c = plan.centerline
+        R = s.max_centerline
+        if len(c) > R:
+            prog = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(c[:, :2], axis=0).T))])
+            ego_s = LineString(c[:, :2]).project(Point(*loc.p))
+            first = int(np.searchsorted(prog, ego_s - 20.0))
+            first = max(0, min(first, len(c) - R))
+            meta.truncated["centerline"] = len(c) - R
+            c = c[first:first + R]
+        cl = np.zeros((R, 3), np.float32)
+        cl[:len(c), :2] = loc.xy(c[:, :2])
+        cl[:len(c), 2] = c[:, 2] - loc.h      # keeps the unwrapped heading continuous
+        out["centerline"] = cl
+        out["centerline_valid"] = np.arange(R) < len(c)
+        sp = plan.start_lane.speed_limit
+        out["speed_limit"] = np.array(-1.0 if sp is None else sp, np.float32)
+        out.update(self._red_lights(m, plan, loc, fr, meta))
+        out.update(self._lane_vectors(m, plan, loc, meta))
+        return out
+
+    def _red_lights(self, m, plan, loc, fr, meta) -> dict[str, np.ndarray]:
+        s, T = self.sizes, types.NUM_AGENT_STEPS
+        L, V = s.max_red_lights, s.max_polygon_vertices
+        ids: dict[str, np.ndarray] = {}
+        unknown = set()
+        for k in range(min(T, len(fr) - CUR)):
+            for cid, red in fr[CUR + k].lights:
+                if cid not in m.lane_connectors:
+                    unknown.add(cid)
+                    continue
+                ids.setdefault(cid, np.zeros(T, bool))[k] |= red
+        if unknown:
+            meta.truncated["red_lights_not_in_map"] = len(unknown)
+        raw, corr = set(plan.uncorrected_lane_ids), set(plan.route_lane_ids)
+        # Cut by first appearance, but lights that can matter for TLC (red and on a route) first.
+        order = sorted(ids, key=lambda c: not (ids[c].any() and (c in raw or c in corr)))
+        if len(order) > L:
+            meta.truncated["red_lights"] = len(order) - L
+        order = order[:L]
+        rings = []
+        for cid in order:
+            r, simp = _ring(m.lane_connectors[cid].polygon, V)
+            meta.simplified_polygons += simp
+            rings.append(loc.xy(r))
+        poly, vv, valid = _pad_rings(rings, L, V)
+        red = np.zeros((L, T), bool)
+        on, on_c = np.zeros(L, bool), np.zeros(L, bool)
+        for i, cid in enumerate(order):
+            red[i], on[i], on_c[i] = ids[cid], cid in raw, cid in corr
+        return {"red_light_polygons": poly, "red_light_vertex_valid": vv,
+                "red_light_is_red": red, "red_light_on_route": on,
+                "red_light_on_corrected_route": on_c, "red_light_valid": valid}
+
+    def _lane_vectors(self, m, plan, loc, meta) -> dict[str, np.ndarray]:
+        s = self.sizes
+        M, K = s.max_lanes, s.lane_points
+        lanes = [self._lane(m, t, k) for t, k in zip(plan.dmap.tokens, plan.dmap.types)
+                 if k in (types.LANE, types.LANE_CONNECTOR)]
+        ego = Point(*loc.p)
+        lanes.sort(key=lambda ln: ln.baseline.distance(ego))   # stable: PDM order on ties
+        if len(lanes) > M:
+            meta.truncated["lanes"] = len(lanes) - M
+        vec = np.zeros((M, K, 3), np.float32)
+        valid, on = np.zeros(M, bool), np.zeros(M, bool)
+        corr = set(plan.route_lane_ids)
+        for i, ln in enumerate(lanes[:M]):
+            r = _resample(ln.baseline, K)
+            vec[i, :, :2] = loc.xy(r[:, :2])
+            vec[i, :, 2] = route.wrap(r[:, 2] - loc.h)
+            valid[i], on[i] = True, ln.id in corr
+        return {"lane_vectors": vec, "lane_valid": valid, "lane_on_route": on}

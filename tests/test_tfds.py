@@ -1,0 +1,192 @@
+"""The TFDS builder and the data stage: build without TensorFlow, read every field back exactly,
+reuse a finished build, rebuild when the sizes change."""
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from irlvla_jax import types
+from irlvla_jax.data import loader, prepare
+
+TINY_SIZES = dict(num_future=10, cameras=("CAM_F0", "CAM_B0"), image_hw=(8, 16),
+                  lidar_bev_hw=(8, 8), bev_hw=(8, 8), max_agents=4, max_polygons=6,
+                  max_polygon_vertices=5, max_centerline=12, max_red_lights=2, max_lanes=3,
+                  lane_points=4)
+
+
+def small_config(data_dir, n=16):
+    c = tiny.get_config()
+    c.data.dir = str(data_dir)
+    c.data.source = "random"
+    c.data.random_scenes = n
+    c.data.sizes.update(TINY_SIZES)
+    return c
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    assert importlib.util.find_spec("tensorflow") is None, "tensorflow must not be installed"
+    config = small_config(tmp_path_factory.mktemp("data"))
+    summary = prepare.prepare_data(config)
+    return config, summary
+
+
+def test_build_is_tensorflow_free_and_summarised(built):
+    config, summary = built
+    assert "tensorflow" not in sys.modules
+    assert not summary["reused"]
+    for split in (config.data.train_split, config.data.eval_split):
+        assert summary["splits"][split]["scenes"] == 16
+        assert summary["splits"][split]["bytes"] > 0
+    assert summary["bytes"] > 0
+    assert summary["skipped"]["total"] == 0
+    report = json.loads((prepare.dataset_path(config) / prepare.SKIP_REPORT).read_text())
+    assert report["total"] == 0
+
+
+def test_every_feature_reads_back_exactly(built):
+    config, _ = built
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    nt = prepare._builder_module()
+    split = config.data.eval_split
+    scenes, metas = loader.load_split_numpy(config, split)
+    types.check_scene(scenes, sizes, where="read back", batch=(16,))
+    assert sorted(int(m.token, 16) for m in metas) == list(range(16))
+    for row, meta in enumerate(metas):
+        want, want_meta = nt.random_scene(sizes, split, int(meta.token, 16))
+        for name, (shape, dtype) in types.scene_spec(sizes).items():
+            got = getattr(scenes, name)[row]
+            assert got.shape == shape and got.dtype == dtype, name
+            np.testing.assert_array_equal(got, want[name], err_msg=name)
+        assert meta.log_name == want_meta.log_name
+        assert meta.map_location == want_meta.map_location
+        assert meta.previous_token == want_meta.previous_token   # None survives as None
+        assert meta.track_tokens == want_meta.track_tokens
+        assert meta.split == split and meta.scene_index == row
+
+
+def test_stored_features_match_the_scene_contract(built):
+    import tensorflow_datasets as tfds
+    config, _ = built
+    info = tfds.builder_from_directory(str(prepare.dataset_path(config))).info
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    for name, (shape, dtype) in types.scene_spec(sizes).items():
+        assert tuple(info.features[name].shape) == shape, name
+        assert np.dtype(info.features[name].np_dtype) == dtype, name
+
+
+def test_second_prepare_reuses_and_new_sizes_rebuild(built):
+    config, first = built
+    again = prepare.prepare_data(config)
+    assert again["reused"] and again["dataset_dir"] == first["dataset_dir"]
+    assert again["splits"] == first["splits"]
+
+    changed = small_config(config.data.dir, n=9)
+    changed.data.sizes.max_agents = 5
+    assert prepare.tfds_config_name(changed) != prepare.tfds_config_name(config)
+    rebuilt = prepare.prepare_data(changed)
+    assert not rebuilt["reused"] and rebuilt["dataset_dir"] != first["dataset_dir"]
+    assert rebuilt["splits"][changed.data.train_split]["scenes"] == 9
+    scenes, _ = loader.load_split_numpy(changed, changed.data.train_split, limit=3)
+    assert scenes.agent_states.shape == (3, 5, types.NUM_AGENT_STEPS, 5)
+
+
+def test_unbuilt_config_and_unknown_split_say_what_to_do(built, tmp_path):
+    config, _ = built
+    with pytest.raises(FileNotFoundError, match="launch.py data"):
+        prepare.dataset_path(small_config(tmp_path))
+    with pytest.raises(ValueError, match="'navtrain' is not in the dataset"):
+        loader.load_split_numpy(config, "navtrain")
+    bad = small_config(tmp_path)
+    bad.data.source = "nuscenes"
+    with pytest.raises(ValueError, match="config.data.source"):
+        prepare.tfds_config_name(bad)
+
+
+class _FakeReader:
+    """Stands in for navsim_reader.SceneReader: a few scenes per split, one skipped input."""
+    scenes_per_split = 3
+    broken_field = None
+
+    def __init__(self, navsim_root, maps_root, sizes, skip_bad=False):
+        from irlvla_jax.data.errors import SkipReport
+        self.sizes, self.skip_bad = sizes, skip_bad
+        self.skip_report = SkipReport()
+
+    def iter_split(self, split):
+        from irlvla_jax.data.errors import BadInputError
+        nt = prepare._builder_module()
+        for i in range(self.scenes_per_split):
+            scene, meta = nt.random_scene(self.sizes, split, i)
+            if self.broken_field:
+                scene[self.broken_field] = scene[self.broken_field][..., :1]
+            yield scene, meta
+        self.skip_report.add(BadInputError(f"navsim_logs/{split}/bad.pkl", "corrupt_pickle",
+                                      "truncated pickle"))
+
+
+@pytest.fixture
+def fake_reader(monkeypatch):
+    import types as pytypes
+    module = pytypes.ModuleType("irlvla_jax.data.navsim_reader")
+    module.SceneReader = _FakeReader
+    monkeypatch.setitem(sys.modules, "irlvla_jax.data.navsim_reader", module)
+    return _FakeReader
+
+
+def navsim_config(tmp_path):
+    c = small_config(tmp_path)
+    c.data.source = "navsim"
+    c.data.navsim_root, c.data.maps_root = str(tmp_path / "openscene"), str(tmp_path / "maps")
+    c.data.skip_bad = True
+    return c
+
+
+def test_reader_build_writes_and_summarises_the_skip_report(fake_reader, tmp_path, capsys):
+    config = navsim_config(tmp_path)
+    summary = prepare.prepare_data(config)
+    assert summary["splits"][config.data.train_split]["scenes"] == 3
+    assert summary["skipped"]["total"] == 2 and summary["skipped"]["counts"] == {
+        "corrupt_pickle": 2}
+    on_disk = json.loads((prepare.dataset_path(config) / prepare.SKIP_REPORT).read_text())
+    assert on_disk == summary["skipped"]
+    assert "skipped 2 bad inputs" in capsys.readouterr().out
+    assert prepare.prepare_data(config)["skipped"]["total"] == 2    # reused build keeps it
+
+
+def test_reader_scene_with_a_wrong_shape_names_the_field(fake_reader, tmp_path, monkeypatch):
+    monkeypatch.setattr(fake_reader, "broken_field", "agent_size")
+    with pytest.raises(ValueError, match="agent_size"):
+        prepare.prepare_data(navsim_config(tmp_path))
+
+
+def test_synthetic_root_is_generated_once_per_config(fake_reader, tmp_path, monkeypatch):
+    import types as pytypes
+    import irlvla_jax.data
+    calls = []
+
+    def generate(cfg, sizes, root, maps_root, splits):
+        calls.append((root, maps_root, tuple(splits)))
+        for d in (root, maps_root):
+            (tmp_path / d).mkdir(parents=True, exist_ok=True)
+
+    fake = pytypes.ModuleType("irlvla_jax.data.synthetic")
+    fake.generate = generate
+    monkeypatch.setitem(sys.modules, "irlvla_jax.data.synthetic", fake)
+    monkeypatch.setattr(irlvla_jax.data, "synthetic", fake, raising=False)
+
+    config = small_config(tmp_path)
+    config.data.source = "synthetic"
+    first = prepare.prepare_data(config)
+    assert first["synthetic"]["generated"] and len(calls) == 1
+    assert calls[0] == (str(tmp_path / "navsim"), str(tmp_path / "maps"),
+                        (config.data.train_split, config.data.eval_split))
+    again = prepare.prepare_data(config)
+    assert not again["synthetic"]["generated"] and again["reused"] and len(calls) == 1
+    config.data.synthetic.seed = 7            # another world -> regenerate and rebuild
+    third = prepare.prepare_data(config)
+    assert third["synthetic"]["generated"] and not third["reused"] and len(calls) == 2
