@@ -61,4 +61,13 @@ def get_config():
                                 mlp_ratio=4, fourier_freqs=8, bev_pool=4))
     c.il.update(dict(num_steps=8000, lr=2e-4, warmup_steps=500, weight_decay=1e-2,
                      log_every=50, eval_every=1000, ckpt_every=1000, eval_batches=50))
+    # --- rwm + irl at paper scale (stage 2) ------------------------------------------------
+    c.rwm.update(dict(scene_encoder="policy", d_model=256, num_heads=8, mlp_dim=1024,
+                      scene_layers=2, num_blocks=3, dtype="bfloat16"))
+    c.irl.update(dict(num_steps=20000, lr=2e-4, warmup_steps=500, weight_decay=1e-2,
+                      num_vocab=16, num_policy=16, num_perturb=32,
+                      log_every=50, ckpt_every=1000, eval_scenes=2000))
+    # --- ppo at paper scale (stage 3) ----------------------------------------------------------
+    c.ppo.update(dict(num_updates=2000, group_size=8, horizon=4, epochs=4, minibatches=8,
+                      lr=2e-5, log_every=10, ckpt_every=100))
     return c

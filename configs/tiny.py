@@ -152,4 +152,48 @@ def get_config() -> ml_collections.ConfigDict:
         eval_batches=4,             # held-out batches per periodic evaluation (-1: whole split)
         final_eval_batches=-1,
     ))
+    # --- rwm + irl: stage 2, the reward world model (irlvla_jax/models/reward_model.py,
+    #     irlvla_jax/train/irl.py, irlvla_jax/train/candidates.py) --------------------------
+    c.rwm = ml_collections.ConfigDict(dict(
+        scene_encoder="vector",    # "vector" (own light encoder) or "policy" (frozen IL tokens)
+        d_model=64, num_heads=4, mlp_dim=128,
+        scene_layers=1,            # self-attention blocks over the scene tokens
+        num_blocks=2,              # [traj self-attn -> cross-attn scene -> FFN] blocks
+        dtype="float32",
+    ))
+    c.irl = ml_collections.ConfigDict(dict(
+        num_steps=200, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,
+        end_lr_factor=0.05,
+        num_vocab=8, num_policy=4, num_perturb=8,   # K = 1 + 8 + 4 + 8 = 21 candidates / scene
+        perturb=dict(lateral_m=3.0, speed_range=(0.5, 1.5), heading_rad=0.3, noise_m=0.6),
+        # DiffVLA's weights (spec/IRL_VLA.md) + EC 0.1
+        loss_weights=dict(nc=0.1, ddc=0.1, tlc=0.1, ep=0.1, dac=0.4, ttc=0.2, lk=0.2, hc=0.2,
+                          ec=0.1),
+        balance=True, balance_max_weight=10.0,       # class balancing of the rare failures
+        irl_weight=1.0,            # inverse-RL term (0 = off): hinge + max-ent on the expert
+        margin=0.05, maxent_weight=0.1, temperature=0.1,
+        pair_sources=("vocab", "policy", "perturb"),
+        log_every=10, ckpt_every=100, keep_ckpts=2,
+        eval_scenes=-1,            # held-out scenes for eval.json (-1: the whole eval split)
+    ))
+    # --- ppo: stage 3, DPPO in closed loop inside the RWM (irlvla_jax/train/ppo.py,
+    #     rollout.py, advantages.py) ---------------------------------------------------------
+    c.ppo = ml_collections.ConfigDict(dict(
+        num_updates=40,            # PPO updates; each = rollout + advantages + epochs x minibatches
+        group_size=4,              # G samples per scene (B = data.batch_size scenes per update)
+        horizon=2,                 # T planning steps of 0.5 s per closed-loop episode (1: single shot)
+        reward="rwm",              # "rwm" (trained on the world model) or "scorer" (true EPDMS)
+        log_scorer=True,           # also compute the true scorer's reward every update (logging)
+        advantage="gae",           # "gae" (value head) or "group" (normalised over the G samples)
+        gamma=0.99, gae_lambda=0.95, gamma_denoise=0.99,
+        normalize_advantages=True,  # standardise GAE advantages over the update's batch
+        clip_first=0.02, clip_last=0.1, clip_rate=3.0,   # per-denoising-step clip schedule
+        eta=0.0, sigma_min_sample=0.04, sigma_min_logprob=0.1,   # chain noise = entropy floor
+        kl_coef=0.1,               # BC/KL term to the frozen IL policy (ReCogDrive 0.1)
+        vf_coef=0.5, value_hidden=128,
+        epochs=2, minibatches=2,
+        lr=1e-4, warmup_steps=0, weight_decay=0.0, clip_norm=1.0, end_lr_factor=1.0,
+        log_every=1, ckpt_every=10, keep_ckpts=2,
+        eval_scenes=-1,            # held-out scenes for rl/eval.json (-1: the whole eval split)
+    ))
     return c

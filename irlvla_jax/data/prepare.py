@@ -149,7 +149,13 @@ def _ensure_synthetic(config, sizes: types.SceneSizes) -> dict[str, Any]:
         shutil.rmtree(d, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    synthetic.generate(config.data.synthetic, sizes, navsim_root, maps_root, list(splits(config)))
+    num_logs = dict(config.data.synthetic.num_logs)
+    missing = [s for s in splits(config) if s not in num_logs]
+    if missing:
+        raise ValueError(f"config.data.synthetic.num_logs has no entry for split(s) {missing}; "
+                         f"add e.g. --config.data.synthetic.num_logs.{missing[0]}=2")
+    synthetic.generate(config.data.synthetic, sizes, navsim_root, maps_root,
+                       {s: num_logs[s] for s in splits(config)})
     marker.write_text(json.dumps(want, indent=1))
     return {"generated": True, "root": navsim_root, "seconds": round(time.time() - t0, 2)}
 
