@@ -1,0 +1,270 @@
+"""PDM-Closed, NAVSIM's rule-based reference planner (spec/EPDMS.md §3), in jnp.
+
+15 proposals = 3 lateral paths (the route centreline, shifted 1 m right and 1 m left) x 5 IDM
+target speeds (0.2 .. 1.0 x the speed limit). Each proposal is unrolled with the IDM along its
+path against the forecast observation, simulated with the LQR tracker + bicycle model, scored with
+the EPDMS sub-metrics (no history, so HC = 1) and the best is kept, unrolled to 50 steps. The
+devkit quirks are reproduced on purpose:
+
+* the lead-agent row of step 1 is the zero-initialised row 0 (gap clamped to 1 m -> -3 m/s^2);
+* the lead row is recomputed at even steps only (odd steps copy the previous one);
+* one lead 3-vector is reused across the 5 proposals of a path within an update, so fields a
+  proposal does not write (velocity for red lights / free road, rear length once free) are stale;
+* offset proposals start on their path, 1 m to the side of the ego (pose 0 = path point);
+* the corridor is the vertex substring of the path from the ego's progress over 5 s at the
+  highest target speed, buffered by the ego half width with square caps.
+
+Departures: the corridor is the union of per-segment rectangles (square-capped ends), i.e. the
+buffer's round joins at interior vertices are left out (a sliver on the outside of bends); the
+ego being entirely within a red light is tested on its 4 corners; a speed limit <= 0 falls back
+to 15 m/s like None.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from irlvla_jax import geometry, types
+from irlvla_jax.sim import metrics, simulate, trajectory
+from irlvla_jax.sim.observation import FORECAST_LEN, Observation, forecast_observation
+
+SPEED_LIMIT_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+FALLBACK_TARGET_VELOCITY = 15.0
+MIN_GAP = 1.0            # m, IDM s0
+HEADWAY = 1.5            # s, IDM T
+ACCEL_MAX = 1.5          # m/s^2
+DECEL_MAX = 3.0          # m/s^2
+IDM_EXPONENT = 10
+LATERAL_OFFSETS = (0.0, -1.0, 1.0)   # path order: centreline, right, left
+PROPOSAL_STEPS = trajectory.NUM_STEPS        # 40
+TRAJECTORY_STEPS = FORECAST_LEN - 1           # 50
+DT = trajectory.DT
+FREE_LEAD_REAR_LENGTH = geometry.EGO_HALF_LENGTH  # l_r written when nothing is ahead (2.588)
+NUM_PROPOSALS = len(LATERAL_OFFSETS) * len(SPEED_LIMIT_FRACTIONS)
+
+
+def idm_step(progress, velocity, lead, target_velocity, dt: float = DT):
+    """One explicit-Euler IDM step along a path (no clamp to v >= 0, as in the devkit).
+
+    Args:
+      progress, velocity, target_velocity: [...] ego arc length (m), speed, IDM v0.
+      lead: [..., 3] (lead progress, lead velocity, lead rear length).
+    Returns:
+      (progress, velocity) [...] one step later.
+    """
+    s_star = MIN_GAP + velocity * HEADWAY + velocity * (velocity - lead[..., 1]) / (
+        2.0 * jnp.sqrt(ACCEL_MAX * DECEL_MAX))
+    s_alpha = jnp.maximum(lead[..., 0] - progress - lead[..., 2], MIN_GAP)
+    accel = ACCEL_MAX * (1.0 - (velocity / target_velocity) ** IDM_EXPONENT
+                         - (s_star / s_alpha) ** 2)
+    accel = jnp.clip(accel, -DECEL_MAX, ACCEL_MAX)
+    return progress + dt * velocity, velocity + dt * accel
+
+
+def target_velocities(speed_limit):
+    """[] speed limit (m/s, -1 = None) -> [5] IDM target speeds."""
+    limit = jnp.where(speed_limit > 0, speed_limit, FALLBACK_TARGET_VELOCITY)
+    return limit * jnp.asarray(SPEED_LIMIT_FRACTIONS, jnp.float32)
+
+
+def polygon_centroid(poly):
+    """Area centroid of a padded ring [V,2] -> [2] (vertex mean if degenerate)."""
+    p, q = poly, jnp.roll(poly, -1, axis=0)
+    cross = p[:, 0] * q[:, 1] - q[:, 0] * p[:, 1]
+    area = 0.5 * cross.sum()
+    c = ((p + q) * cross[:, None]).sum(0) / (6.0 * jnp.where(area != 0, area, 1.0))
+    return jnp.where(area != 0, c, poly.mean(0))
+
+
+def _corridor(path, valid, start, end):
+    """Square-capped buffer of the path's vertex substring between arc lengths start..end, as
+    rectangles (one per segment, plus a fallback segment when < 2 vertices fall in range).
+
+    path [R,3], valid [R], start/end [] -> (rects [R,4,2], mask [R]).
+    """
+    w = geometry.EGO_HALF_WIDTH
+    seg = path[1:, :2] - path[:-1, :2]
+    seg_len = jnp.where(valid[1:], jnp.linalg.norm(seg, axis=-1), 0.0)
+    cum = jnp.concatenate([jnp.zeros(1), jnp.cumsum(seg_len)])
+    length = cum[-1]
+    a, b = jnp.clip(start, 0.0, length), jnp.clip(end, 0.0, length)
+    vin = valid & (cum >= a) & (cum <= b)
+    seg_in = vin[:-1] & vin[1:] & (seg_len > 0)
+    # shapely.ops.substring when fewer than 2 vertices are in range: the interpolated piece.
+    fallback = vin.sum() < 2
+    pa = geometry.polyline_interpolate(path, valid, a)[:2]
+    pb = geometry.polyline_interpolate(path, valid, b)[:2]
+    p0 = jnp.concatenate([path[:-1, :2], pa[None]])
+    p1 = jnp.concatenate([path[1:, :2], pb[None]])
+    mask = jnp.concatenate([seg_in & ~fallback, fallback[None] & (b > a)])
+    idx = jnp.arange(mask.shape[0])
+    first = jnp.argmax(mask)
+    last = mask.shape[0] - 1 - jnp.argmax(mask[::-1])
+    d = p1 - p0
+    d = d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-9)
+    n = jnp.stack([-d[:, 1], d[:, 0]], -1) * w
+    q0 = p0 - jnp.where(idx == first, w, 0.0)[:, None] * d     # square caps at both ends
+    q1 = p1 + jnp.where(idx == last, w, 0.0)[:, None] * d
+    rects = jnp.stack([q1 + n, q0 + n, q0 - n, q1 - n], axis=1)
+    return rects, mask
+
+
+def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation):
+    """Lead-agent rows at even step t for every proposal, with the devkit's vector reuse.
+
+    pose_prev [P,n,3], s_prev [P,n] -> lead [P,n,3].
+    """
+    boxes = obs.agent_corners[:, t]                                  # [A,4,2]
+    present = obs.agent_present[:, t]
+    # Objects in each path's corridor, and their progress along that path.
+    box_in = jax.vmap(lambda r, m: (geometry.convex_intersect(boxes[:, None], r[None])
+                                    & m[None]).any(-1))(ctx["rects"], ctx["rect_mask"])  # [P,A]
+    box_in = box_in & present[None]
+    box_prog = jax.vmap(lambda p: geometry.polyline_project(
+        obs.agent_center[:, t], p, ctx["valid"])[0])(ctx["paths"])      # [P,A]
+    red_on = obs.red_active[:, t][None] & ctx["red_in"]               # [P,L]
+
+    ahead_box = box_in[:, None] & (box_prog[:, None] > s_prev[..., None])        # [P,n,A]
+    ahead_red = red_on[:, None] & (ctx["red_prog"][:, None] > s_prev[..., None])  # [P,n,L]
+    ego = geometry.ego_corners(pose_prev).reshape(-1, 4, 2)                      # [P*n,4,2]
+    # Boxes padded to the red-light vertex count (repeating vertex 0, the padding convention)
+    # so one polygon_distance serves both kinds of object.
+    num_v = obs.red_polygons.shape[1]
+    if num_v < 4:
+        raise ValueError(f"pdm_closed: red-light polygons need >= 4 vertices, got {num_v}")
+    padded = jnp.concatenate([boxes, jnp.repeat(boxes[:, :1], num_v - 4, axis=1)], 1)
+    objects = jnp.concatenate([padded, obs.red_polygons], 0)                     # [A+L,V,2]
+    dist = jax.vmap(jax.vmap(geometry.polygon_distance, (None, 0)), (0, None))(ego, objects)
+    ahead = jnp.concatenate([ahead_box, ahead_red], -1)
+    d_all = jnp.where(ahead, dist.reshape(ahead.shape), jnp.inf)                 # [P,n,A+L]
+    nearest = jnp.argmin(d_all, axis=-1)                                          # [P,n]
+    d_min = jnp.min(d_all, axis=-1)
+    has = jnp.isfinite(d_min)
+    num_agents = boxes.shape[0]
+    is_red = nearest >= num_agents
+    j = jnp.minimum(nearest, num_agents - 1)
+    lead_v = obs.agent_first_speed[j] * jnp.cos(
+        geometry.wrap_angle(obs.agent_first_heading[j] - pose_prev[..., 2]))
+
+    progress = jnp.where(has, s_prev + jnp.where(has, d_min, 0.0), ctx["length"][:, None])
+    write_v = has & ~is_red
+    write_lr = ~has
+    # One 3-vector per path per update, written proposal by proposal (quirk, spec §3.3). Past
+    # step 40 the devkit unrolls the chosen proposal alone: every proposal gets a fresh vector.
+    alone = t > PROPOSAL_STEPS
+    vec_v = jnp.zeros(s_prev.shape[0])
+    vec_lr = jnp.zeros(s_prev.shape[0])
+    rows = []
+    for k in range(s_prev.shape[1]):
+        vec_v = jnp.where(write_v[:, k], lead_v[:, k], jnp.where(alone, 0.0, vec_v))
+        vec_lr = jnp.where(write_lr[:, k], FREE_LEAD_REAR_LENGTH, jnp.where(alone, 0.0, vec_lr))
+        rows.append(jnp.stack([progress[:, k], vec_v, vec_lr], -1))
+    return jnp.stack(rows, axis=1)
+
+
+def _unroll(t0, num_pairs, carry, target, ctx, obs):
+    """IDM unroll over steps t0, t0+1, .., t0 + 2 num_pairs - 1 (t0 odd) along ctx's paths.
+
+    carry = (s [P,n], v [P,n], pose [P,n,3], lead [P,n,3]) at step t0 - 1; target [P,n].
+    Returns the final carry and per-step (pose [T,P,n,3], s [T,P,n], v [T,P,n]).
+    """
+    interp = jax.vmap(lambda path, s: geometry.polyline_interpolate(path, ctx["valid"], s))
+
+    def advance(s, v, lead):
+        s, v = idm_step(s, v, lead, target)
+        return s, v, interp(ctx["paths"], s)
+
+    def pair(c, t_odd):
+        s, v, pose, lead = c
+        s1, v1, pose1 = advance(s, v, lead)              # odd step: copies the previous lead row
+        lead = _lead_rows(t_odd + 1, pose1, s1, ctx, obs)
+        s2, v2, pose2 = advance(s1, v1, lead)
+        return (s2, v2, pose2, lead), (jnp.stack([pose1, pose2]), jnp.stack([s1, s2]),
+                                       jnp.stack([v1, v2]))
+
+    carry, (poses, s, v) = jax.lax.scan(pair, carry, t0 + 2 * jnp.arange(num_pairs))
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])
+    return carry, (flat(poses), flat(s), flat(v))
+
+
+def pdm_closed_details(scene: types.Scene) -> dict:
+    """PDM-Closed for one scene, with its proposals (vmap over scenes).
+
+    Args:
+      scene: one Scene (centerline [R,3] + centerline_valid [R], speed_limit [], ego_velocity
+        [2], agents, red lights, drivable map).
+    Returns:
+      dict: ``poses`` [51,3] the chosen IDM trajectory (t = 0 .. 5 s), ``states`` [41,11] its
+      first 41 poses simulated, ``proposal_poses`` [15,41,3], ``proposal_states`` [15,41,11],
+      ``proposal_velocity`` [15,41] (IDM speeds), ``proposal_scores`` [15], ``best`` [] int,
+      ``raw`` the proposals' :func:`metrics.score_states` dict.
+    """
+    if jnp.ndim(scene.speed_limit) != 0:
+        raise ValueError("pdm_closed: expects one scene (jax.vmap over a batch); speed_limit has "
+                         f"shape {jnp.shape(scene.speed_limit)}")
+    obs = forecast_observation(scene)
+    valid = jnp.asarray(scene.centerline_valid, bool)
+    line = jnp.asarray(scene.centerline, jnp.float32)
+    paths = jnp.stack([geometry.polyline_offset(line, o) for o in LATERAL_OFFSETS])  # [P,R,3]
+    num_paths, n_lon = len(LATERAL_OFFSETS), len(SPEED_LIMIT_FRACTIONS)
+
+    ego_xy = jnp.zeros(2)
+    s0 = jax.vmap(lambda p: geometry.polyline_project(ego_xy, p, valid)[0])(paths)   # [P]
+    length = jax.vmap(lambda p: geometry.polyline_project(
+        p[jnp.maximum(valid.sum() - 1, 0), :2], p, valid)[0])(paths)
+    v0 = target_velocities(jnp.asarray(scene.speed_limit, jnp.float32))
+    horizon = jnp.max(jnp.abs(v0)) * TRAJECTORY_STEPS * DT
+    rects, rect_mask = jax.vmap(lambda p, s: _corridor(p, valid, s, s + horizon))(paths, s0)
+    red_polys = obs.red_polygons
+    red_in = jax.vmap(lambda r, m: jax.vmap(lambda poly: (jax.vmap(
+        lambda rect: geometry.polygon_intersects_polygon(poly, rect))(r) & m).any())(red_polys)
+    )(rects, rect_mask)                                                             # [P,L]
+    red_c = jax.vmap(polygon_centroid)(red_polys)
+    red_prog = jax.vmap(lambda p: geometry.polyline_project(red_c, p, valid)[0])(paths)
+    ctx = dict(paths=paths, valid=valid, length=length, rects=rects, rect_mask=rect_mask,
+               red_in=red_in, red_prog=red_prog)
+
+    # Initial IDM state per proposal: progress of the rear axle, logged speed, path pose.
+    pose0 = jax.vmap(lambda p, s: geometry.polyline_interpolate(p, valid, s))(paths, s0)
+    shape = (num_paths, n_lon)
+    carry = (jnp.broadcast_to(s0[:, None], shape),
+             jnp.full(shape, jnp.asarray(scene.ego_velocity, jnp.float32)[0]),
+             jnp.broadcast_to(pose0[:, None], shape + (3,)),
+             jnp.zeros(shape + (3,)))                    # lead row 0: zeros (quirk)
+    target = jnp.broadcast_to(v0[None], shape)
+    # All 15 proposals are unrolled to step 50 in one scan; only the chosen one's steps 41..50
+    # are used, and those see the lead vector the devkit's lone unroll would give them.
+    _, (poses, _, vel) = _unroll(1, TRAJECTORY_STEPS // 2, carry, target, ctx, obs)
+    proposal_poses = jnp.concatenate([carry[2][None], poses], 0)       # [51,P,n,3]
+    proposal_poses = jnp.moveaxis(proposal_poses, 0, 2).reshape(NUM_PROPOSALS, -1, 3)
+    proposal_vel = jnp.moveaxis(jnp.concatenate([carry[1][None], vel], 0), 0, 2).reshape(
+        NUM_PROPOSALS, -1)
+    unrolled = proposal_poses                                            # [15,51,3]
+    proposal_poses = proposal_poses[:, :PROPOSAL_STEPS + 1]
+    proposal_vel = proposal_vel[:, :PROPOSAL_STEPS + 1]
+
+    init = trajectory.initial_state(scene)
+    states = jax.vmap(simulate.simulate, (0, None))(proposal_poses, init)
+    raw = metrics.score_states(states, obs, scene)
+    multi = metrics.multiplier(raw)
+    best_progress = jnp.max(raw["progress"] * multi)
+    ep = metrics.normalise_progress(raw["progress"], multi, best_progress, 1.0)
+    # No history is given to the internal scorer, so HC = 1.
+    scores = multi * (5.0 * ep + 5.0 * raw["ttc"] + 2.0 * raw["lk"] + 2.0) / 14.0
+    best = jnp.argmax(scores)
+
+    return dict(poses=unrolled[best], states=states[best], proposal_poses=proposal_poses,
+                proposal_states=states, proposal_velocity=proposal_vel, proposal_scores=scores,
+                best=best, raw=raw)
+
+
+def pdm_closed(scene: types.Scene):
+    """PDM-Closed's trajectory for one scene (vmap over scenes).
+
+    Returns:
+      poses [51,3]: IDM poses at t = 0.1 k s, k = 0..50 (the metric cache's trajectory);
+      states [41,11]: its first 41 poses simulated (the EP normalisation reference).
+    """
+    out = pdm_closed_details(scene)
+    return out["poses"], out["states"]

@@ -1,0 +1,329 @@
+"""Stage 1: imitation learning of the VLA policy on expert driving.
+
+    python launch.py il --config configs/tiny.py --config.il.num_steps=50
+
+Losses (spec/IRL_VLA.md, DiffVLA/DiffusionDrive): focal classification of the anchor nearest the
+expert + L1 on that mode's x0 prediction; Hungarian-matched detection (class + box); BEV semantic
+cross-entropy; meta-action cross-entropy (when the semantic LM is on). ``train_step`` is pure and
+jitted over a mesh with the batch on 'data'; the loop around it checkpoints (orbax, resumable),
+logs JSON lines + TensorBoard, evaluates on the held-out split periodically (L2 at 1/2/3/4 s,
+collision rate, EPDMS when the scorer exists) and writes ``<workdir>/il/eval.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from irlvla_jax import geometry, parallel, types
+from irlvla_jax.models import anchors as anchors_lib
+from irlvla_jax.models import detection as det_lib
+from irlvla_jax.models import planner as planner_lib
+from irlvla_jax.models import policy as policy_lib
+from irlvla_jax.train import losses
+from irlvla_jax.train.state import TrainState, make_optimizer
+
+log = logging.getLogger(__name__)
+
+L2_HORIZONS_S = (1.0, 2.0, 3.0, 4.0)
+# Future index f is t = 0.5 (f + 1) s, so horizon h seconds is index 2h - 1.
+_L2_IDX = tuple(int(2 * h) - 1 for h in L2_HORIZONS_S)
+
+
+def variables_of(state: TrainState) -> dict:
+    """The model variables of a TrainState: ``{'params': ..., **model_state}``."""
+    return {"params": state.params, **state.model_state}
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses.
+
+def il_loss(model: policy_lib.VLAPolicy, config, params, model_state, batch: types.Scene,
+            rng: jax.Array, train: bool = True) -> tuple[jax.Array, dict]:
+    """Total IL loss of a batch and its parts.
+
+    batch: Scene with a leading [B] axis. Returns (loss [], metrics dict of [] arrays).
+    Weights: ``config.il.loss_weights`` (traj_cls, traj_reg); detection, BEV and meta-action
+    parts carry their own weights from ``config.model.detection`` / ``.map`` / ``.semantic``.
+    """
+    mcfg, w = config.model, config.il.loss_weights
+    noise_rng, dropout_rng = jax.random.split(rng)
+    tokens, x0, logits, anchors = model.apply(
+        {"params": params, **model_state}, batch, noise_rng, train,
+        method=policy_lib.VLAPolicy.il_forward, rngs={"dropout": dropout_rng})
+
+    # trajectory: classify the anchor nearest the expert, regress that mode's trajectory
+    expert = batch.expert_future[:, :types.PLAN_LEN].astype(jnp.float32)
+    valid = batch.expert_future_valid[:, :types.PLAN_LEN]
+    target = planner_lib.nearest_anchor(anchors, expert, valid)                     # [B]
+    m = logits.shape[-1]
+    l_cls = losses.sigmoid_focal_loss(logits, jax.nn.one_hot(target, m),
+                                      config.il.focal_alpha, config.il.focal_gamma)
+    pred = planner_lib.denormalize(
+        jnp.take_along_axis(x0, target[:, None, None, None], axis=1)[:, 0], mcfg.planner)
+    l_reg = losses.l1_loss(pred, expert, valid[..., None])
+
+    # detection (Hungarian-matched) on the agents present at t = 0
+    gt = det_lib.detection_targets(batch.agent_states, batch.agent_size, batch.agent_class,
+                                   batch.agent_valid, mcfg.detection.num_queries,
+                                   mcfg.detection.range_m)
+    l_det, det_metrics = det_lib.detection_loss(tokens.aux["boxes"], tokens.aux["class_logits"],
+                                                *gt, mcfg.detection)
+    l_bev = det_lib.map_loss(tokens.aux["seg_logits"], batch.bev_semantic)
+
+    total = w.traj_cls * l_cls + w.traj_reg * l_reg + l_det + mcfg.map.weight * l_bev
+    metrics = {"traj_cls": l_cls, "traj_l1": l_reg, "det": l_det, "bev_ce": l_bev,
+               "mode_acc": losses.accuracy(logits, target), **det_metrics}
+    if tokens.meta_logits is not None:
+        l_meta = losses.cross_entropy(tokens.meta_logits, batch.meta_action)
+        total = total + mcfg.semantic.meta_weight * l_meta
+        metrics.update(meta_ce=l_meta, meta_acc=losses.accuracy(tokens.meta_logits,
+                                                                 batch.meta_action))
+    metrics["loss"] = total
+    return total, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Jitted steps.
+
+def make_train_step(model: policy_lib.VLAPolicy, config, mesh=None) -> Callable:
+    """``train_step(state, batch, rng) -> (state, metrics)``, jitted.
+
+    With a mesh: state and rng replicated, the batch sharded on 'data' (gradients are averaged
+    across the mesh by XLA because the loss is a mean over the global batch). The input state
+    is donated.
+    """
+    def train_step(state: TrainState, batch: types.Scene, rng: jax.Array):
+        grad_fn = jax.value_and_grad(
+            lambda p: il_loss(model, config, p, state.model_state, batch, rng, True),
+            has_aux=True)
+        (_, metrics), grads = grad_fn(state.params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return state.apply_gradients(grads), metrics
+
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(train_step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep),
+                   donate_argnums=0)
+
+
+def eval_outputs(model: policy_lib.VLAPolicy, variables, batch: types.Scene, rng: jax.Array
+                 ) -> dict[str, jax.Array]:
+    """Deterministic plan + open-loop metrics per scene.
+
+    Returns traj [B,8,3], l2 [B,4] (xy error at 1/2/3/4 s), l2_valid [B,4] bool,
+    collision [B] bool (the ego footprint along the plan overlaps a valid agent box at the same
+    0.5 s frame).
+    """
+    tokens = policy_lib.encode(model, variables, batch, train=False)
+    chain = policy_lib.plan(model, variables, tokens, rng, stochastic=False)
+    traj = chain.traj
+    expert = batch.expert_future[:, :types.PLAN_LEN]
+    valid = batch.expert_future_valid[:, :types.PLAN_LEN]
+    err = jnp.linalg.norm(traj[..., :2] - expert[..., :2], axis=-1)               # [B,8]
+    idx = jnp.asarray(_L2_IDX)
+    ego = geometry.ego_corners(traj)                                               # [B,8,4,2]
+    st = batch.agent_states[:, :, 1:1 + types.PLAN_LEN]                            # [B,A,8,5]
+    agents = geometry.box_corners(st[..., :2], st[..., 2], batch.agent_size[:, :, None, 0],
+                                  batch.agent_size[:, :, None, 1])                 # [B,A,8,4,2]
+    hit = geometry.convex_intersect(ego[:, None], agents)                          # [B,A,8]
+    hit = hit & batch.agent_valid[:, :, 1:1 + types.PLAN_LEN]
+    return {"traj": traj, "l2": err[:, idx], "l2_valid": valid[:, idx],
+            "collision": jnp.any(hit, axis=(1, 2))}
+
+
+def make_eval_step(model: policy_lib.VLAPolicy, config, mesh=None) -> Callable:
+    """``eval_step(state, batch, rng) -> eval_outputs dict`` (jitted; outputs sharded like the
+    batch)."""
+    def eval_step(state, batch, rng):
+        return eval_outputs(model, variables_of(state), batch, rng)
+    if mesh is None:
+        return jax.jit(eval_step)
+    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(eval_step, in_shardings=(rep, dat, rep), out_shardings=dat)
+
+
+def make_epdms_fn(mesh=None) -> Callable | None:
+    """Jitted ``(batch Scene [B], traj [B,8,3]) -> EPDMS [B]`` with the JAX NAVSIM v2 scorer, or
+    None while ``irlvla_jax.sim.scorer`` is not available."""
+    try:
+        from irlvla_jax.sim import scorer
+    except ImportError:
+        return None
+
+    def epdms(batch, traj):
+        sub, _ = scorer.score(batch, traj[:, None])
+        return sub.epdms()[:, 0]
+    if mesh is None:
+        return jax.jit(epdms)
+    dat = parallel.data_sharding(mesh)
+    return jax.jit(epdms, in_shardings=(dat, dat), out_shardings=dat)
+
+
+def evaluate(eval_step: Callable, state: TrainState, batches: Iterable, rng: jax.Array,
+             epdms_fn: Callable | None = None) -> dict[str, float]:
+    """Aggregate open-loop metrics (and EPDMS when ``epdms_fn`` is given) over ``batches`` of
+    ``(Scene, metas)``."""
+    l2_sum, l2_cnt = np.zeros(len(L2_HORIZONS_S)), np.zeros(len(L2_HORIZONS_S))
+    coll, n, epdms = 0.0, 0, []
+    for i, (batch, _) in enumerate(batches):
+        dev_out = eval_step(state, batch, jax.random.fold_in(rng, i))
+        if epdms_fn is not None:
+            epdms.append(np.asarray(jax.device_get(epdms_fn(batch, dev_out["traj"]))))
+        out = jax.device_get(dev_out)
+        v = np.asarray(out["l2_valid"], np.float64)
+        l2_sum += (np.asarray(out["l2"]) * v).sum(0)
+        l2_cnt += v.sum(0)
+        coll += float(np.sum(out["collision"]))
+        n += int(np.shape(out["collision"])[0])
+    if n == 0:
+        raise ValueError("evaluate: the evaluation split yielded no batches")
+    res = {f"l2_{int(h)}s": float(s / max(c, 1)) for h, s, c in zip(L2_HORIZONS_S, l2_sum, l2_cnt)}
+    res["l2_avg"] = float(np.mean([res[f"l2_{int(h)}s"] for h in L2_HORIZONS_S]))
+    res["collision_rate"] = coll / n
+    res["num_scenes"] = n
+    if epdms:
+        res["epdms"] = float(np.concatenate(epdms).mean())
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup helpers shared with the later stages.
+
+def load_or_compute_anchors(config) -> np.ndarray:
+    """[M,8,3] anchors from ``<data dir>/anchors.npy``, computed from the train split (and
+    written there) when the file does not exist yet."""
+    path = anchors_lib.anchor_path(config)
+    m = config.model.planner.num_anchors
+    if os.path.exists(path):
+        return anchors_lib.load_anchors(path, m)
+    from irlvla_jax.data import loader
+    scenes, _ = loader.load_split_numpy(config, config.data.train_split,
+                                        config.il.get("anchor_scenes", None))
+    fut = np.asarray(scenes.expert_future)[:, :types.PLAN_LEN]
+    ok = np.asarray(scenes.expert_future_valid)[:, :types.PLAN_LEN].all(-1)
+    a = anchors_lib.compute_anchors(fut[ok], m, config.seed)
+    anchors_lib.save_anchors(path, a)
+    log.info("wrote %d anchors from %d expert futures to %s", m, int(ok.sum()), path)
+    return a
+
+
+def create_state(model: policy_lib.VLAPolicy, config, rng: jax.Array,
+                 anchors: np.ndarray | None = None, total_steps: int | None = None
+                 ) -> TrainState:
+    """A fresh TrainState (params initialised from a zero scene; anchors installed)."""
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    example = types.zeros_scene(sizes, (1,))
+    variables = jax.jit(lambda r: policy_lib.init_variables(model, example, r))(rng)
+    if anchors is not None:
+        variables = policy_lib.set_anchors(variables, anchors)
+    params = variables.pop("params")
+    return TrainState.create(params, make_optimizer(config.il, total_steps), model_state=variables)
+
+
+# ----------------------------------------------------------------------------------------------
+def run(config, workdir: str) -> dict:
+    """Train (resuming from the latest checkpoint), evaluate, write ``<workdir>/il/eval.json``.
+
+    Returns the final evaluation dict.
+    """
+    from tqdm import tqdm
+
+    from irlvla_jax.checkpoint import Checkpointer
+    from irlvla_jax.data import loader
+    from irlvla_jax.tracking import MetricWriter, write_json
+
+    icfg = config.il
+    out_dir = os.path.join(workdir, "il")
+    os.makedirs(out_dir, exist_ok=True)
+    mesh = parallel.make_mesh(config.mesh)
+    parallel.check_batch_divisible(config.data.batch_size, mesh)
+    model = policy_lib.VLAPolicy(config.model)
+    root = jax.random.PRNGKey(config.seed)
+    init_rng, step_rng, eval_rng = jax.random.split(root, 3)
+
+    anchors = load_or_compute_anchors(config)
+    state = create_state(model, config, init_rng, anchors)
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), icfg.keep_ckpts, icfg.ckpt_every)
+    restored = ckpt.restore_latest(state)
+    start = 0
+    if restored is not None:
+        state, start, _ = restored
+        log.info("il: resumed from step %d", start)
+    state = parallel.replicate(state, mesh)
+
+    train_step = make_train_step(model, config, mesh)
+    eval_step = make_eval_step(model, config, mesh)
+
+    def eval_batches(limit):
+        it = loader.make_loader(config, config.data.eval_split, mesh, seed=config.seed,
+                                shuffle=False, num_epochs=1)
+        return itertools.islice(it, limit if limit >= 0 else None)
+
+    epdms_fn = make_epdms_fn(mesh)
+    if epdms_fn is None:
+        log.warning("il: EPDMS is not available yet (irlvla_jax.sim.scorer.score missing); "
+                    "evaluating L2 and collision rate only")
+    writer = MetricWriter(out_dir)
+    batches = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed,
+                                 shuffle=config.data.shuffle, start_step=start)
+    t0, seen = time.time(), 0
+    with tqdm(total=icfg.num_steps, initial=start, desc="il", dynamic_ncols=True) as bar:
+        for step in range(start, icfg.num_steps):
+            batch, _ = next(batches)
+            state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
+            seen += config.data.batch_size
+            done = step + 1
+            if done % icfg.log_every == 0 or done == icfg.num_steps:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                m["samples_per_s"] = seen / max(time.time() - t0, 1e-9)
+                t0, seen = time.time(), 0
+                writer.write(done, m)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", l1=f"{m['traj_l1']:.2f}")
+            if done % icfg.eval_every == 0 and done < icfg.num_steps:
+                ev = evaluate(eval_step, state, eval_batches(icfg.eval_batches), eval_rng,
+                              epdms_fn)
+                writer.write(done, {f"eval/{k}": v for k, v in ev.items()})
+            ckpt.save(done, state, {"stage": "il", "anchors_file": anchors_lib.anchor_path(config)},
+                      force=done == icfg.num_steps)
+            bar.update(1)
+    ckpt.wait()
+    final = evaluate(eval_step, state, eval_batches(icfg.final_eval_batches), eval_rng,
+                     epdms_fn)
+    final["step"] = int(jax.device_get(state.step))
+    writer.write(final["step"], {f"eval/{k}": v for k, v in final.items()})
+    writer.close()
+    ckpt.close()
+    write_json(os.path.join(out_dir, "eval.json"), final)
+    return final
+
+
+def load_planner(config, workdir: str) -> Callable[[types.Scene], np.ndarray]:
+    """The latest IL checkpoint under ``<workdir>/il`` as a deterministic planner for
+    ``irlvla_jax.evaluate``: Scene [B] (numpy or jax) -> np.ndarray [B,8,3] (DDIM means, the
+    classifier's best mode)."""
+    from irlvla_jax.checkpoint import Checkpointer
+    ckpt_dir = os.path.join(workdir, "il", "checkpoints")
+    ckpt = Checkpointer(ckpt_dir)
+    if ckpt.latest_step is None:
+        raise FileNotFoundError(f"no IL checkpoint under {ckpt_dir}; run `python launch.py il`")
+    model = policy_lib.VLAPolicy(config.model)
+    abstract = jax.eval_shape(lambda r: create_state(model, config, r), jax.random.PRNGKey(0))
+    state, _, _ = ckpt.restore_latest(abstract)
+    variables = variables_of(state)
+
+    @jax.jit
+    def plan(v, scene):
+        tokens = policy_lib.encode(model, v, scene)
+        return policy_lib.plan(model, v, tokens, jax.random.PRNGKey(0), stochastic=False).traj
+
+    return lambda scene: np.asarray(plan(variables, jax.tree.map(jnp.asarray, scene)))

@@ -1,0 +1,94 @@
+"""Stage 1 (IL): the jitted train step learns, shards, checkpoints and resumes exactly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from irlvla_jax import parallel, types
+from irlvla_jax.checkpoint import Checkpointer
+from irlvla_jax.models import policy as policy_lib
+from irlvla_jax.train import il
+
+import policy_scenes as ps  # noqa: E402  (tests/ on sys.path)
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = ps.small_config()
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    batch = ps.random_scenes(sizes, 8, seed=0)
+    model = policy_lib.VLAPolicy(config.model)
+    # the data-free default anchors: the experts are metres away, the planner must learn them
+    state0 = il.create_state(model, config, jax.random.PRNGKey(0))
+    step = il.make_train_step(model, config)
+    return dict(config=config, batch=jax.tree.map(jnp.asarray, batch), model=model,
+                state0=state0, step=step)
+
+
+def test_anchors_live_in_model_state(setup):
+    state0 = setup["state0"]
+    assert int(state0.step) == 0 and "anchors" not in state0.params
+    new = np.asarray(setup["batch"].expert_future[:6, :8])
+    v = policy_lib.set_anchors({"params": state0.params, **state0.model_state}, new)
+    np.testing.assert_allclose(policy_lib.get_anchors(v), new)
+    with pytest.raises(ValueError, match="num_anchors"):
+        policy_lib.set_anchors(v, new[:5])
+
+
+def test_overfits_one_batch(setup):
+    state, losses, l1 = _copy(setup["state0"]), [], []
+    for i in range(30):
+        state, m = setup["step"](state, setup["batch"], jax.random.PRNGKey(i))
+        losses.append(float(m["loss"]))
+        l1.append(float(m["traj_l1"]))
+    assert all(np.isfinite(losses))
+    assert int(state.step) == 30
+    assert np.mean(losses[-3:]) < 0.6 * losses[0], losses
+    assert np.mean(l1[-3:]) < 0.5 * l1[0], l1
+
+
+def test_sharded_step_matches_single_device(setup):
+    mesh = parallel.make_mesh({"data": -1, "fsdp": 1})
+    assert mesh.shape["data"] == 8
+    rng = jax.random.PRNGKey(7)
+    single, m1 = setup["step"](_copy(setup["state0"]), setup["batch"], rng)
+    sharded_step = il.make_train_step(setup["model"], setup["config"], mesh)
+    batch = parallel.shard_batch(jax.device_get(setup["batch"]), mesh)
+    multi, m8 = sharded_step(parallel.replicate(_copy(setup["state0"]), mesh), batch, rng)
+    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_checkpoint_resume_gives_same_next_loss(setup, tmp_path):
+    step, batch = setup["step"], setup["batch"]
+    state = _copy(setup["state0"])
+    for i in range(2):
+        state, _ = step(state, batch, jax.random.PRNGKey(100 + i))
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), max_to_keep=2)
+    ckpt.save(2, state, {"stage": "il"}, force=True)
+    ckpt.wait()
+    _, m_cont = step(state, batch, jax.random.PRNGKey(102))
+    restored, at, extra = ckpt.restore_latest(_copy(setup["state0"]))
+    ckpt.close()
+    assert at == 2 and extra["stage"] == "il" and int(restored.step) == 2
+    _, m_res = step(restored, batch, jax.random.PRNGKey(102))
+    np.testing.assert_allclose(m_res["loss"], m_cont["loss"], rtol=1e-6)
+
+
+def test_eval_outputs(setup):
+    model, state = setup["model"], setup["state0"]
+    out = jax.jit(lambda s, b: il.eval_outputs(model, il.variables_of(s), b,
+                                               jax.random.PRNGKey(0)))(state, setup["batch"])
+    assert out["traj"].shape == (8, 8, 3) and out["l2"].shape == (8, 4)
+    assert bool(jnp.isfinite(out["l2"]).all()) and bool(out["l2_valid"].all())
+    assert out["collision"].dtype == jnp.bool_
+    res = il.evaluate(lambda s, b, r: out, state, [(setup["batch"], None)],
+                      jax.random.PRNGKey(0))
+    assert set(res) >= {"l2_1s", "l2_4s", "l2_avg", "collision_rate", "num_scenes"}
+    assert res["num_scenes"] == 8 and 0.0 <= res["collision_rate"] <= 1.0
