@@ -14,8 +14,9 @@ y down, z forward). A forward camera at height 1.6 m looking along +x world ther
 rotation columns (x_cam, y_cam, z_cam) = (-y_world, -z_world, +x_world).
 
 The renderer is a painter's algorithm on Pillow's polygon filler: background (sky above the
-horizon, grey ground below, both from each pixel's ray direction), then ground polygons in list
-order, then ground lines, then the visible faces of the boxes, far boxes first. Everything is
+horizon, grey ground below, both from each pixel's ray direction; cached per camera, as it does
+not depend on the scene), then ground polygons in list order, then ground lines, then the visible
+faces of the boxes, far boxes first. Rings outside the view frustum are culled; the rest are
 clipped to the near plane before projection, so geometry behind the camera never wraps around
 into the image.
 """
@@ -165,6 +166,88 @@ def _background(world_from_cam: np.ndarray, intrinsic: np.ndarray, w: int, h: in
     return lut[idx]
 
 
+# The background depends only on the camera's orientation, K and the image size, never on the
+# scene; a rig renders the same few cameras every frame, so it is computed once per camera.
+_BACKGROUND_CACHE: dict[bytes, Image.Image] = {}
+_BACKGROUND_CACHE_MAX = 64
+
+
+def _background_image(cam_to_world: np.ndarray, intrinsic: np.ndarray, w: int, h: int
+                      ) -> Image.Image:
+    """A fresh (drawable) copy of the cached background of this camera orientation."""
+    key = (np.round(cam_to_world[:3, :3], 9).tobytes() + np.asarray(intrinsic, np.float64)
+           .tobytes() + np.array([w, h], np.int64).tobytes())
+    img = _BACKGROUND_CACHE.get(key)
+    if img is None:
+        if len(_BACKGROUND_CACHE) >= _BACKGROUND_CACHE_MAX:
+            _BACKGROUND_CACHE.pop(next(iter(_BACKGROUND_CACHE)))
+        img = _BACKGROUND_CACHE[key] = Image.fromarray(_background(cam_to_world, intrinsic, w, h))
+    return img.copy()
+
+
+def _fill_rings(draw: ImageDraw.ImageDraw, pts: np.ndarray, sizes: np.ndarray, colors: list,
+                world_to_cam: np.ndarray, intrinsic: np.ndarray, w: int, h: int) -> None:
+    """Project rings through the camera and fill them in order.
+
+    Args:
+      pts: [M,3] world vertices of all rings, concatenated; sizes: [P] vertices per ring;
+      colors: P (r, g, b) int tuples.
+
+    All vertices are transformed in one matrix product. A ring is culled when all its vertices
+    lie outside one plane of the view frustum (behind the near plane, or beyond one image
+    edge: the edge planes pass through the camera centre, so the test holds for points behind
+    the camera too); only rings crossing the near plane need clipping.
+    """
+    if not len(sizes):
+        return
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    cam = pts @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
+    hom = cam @ intrinsic.T                                   # (u z, v z, z) for each vertex
+    z = hom[:, 2]
+    outside = np.stack([cam[:, 2] < NEAR_PLANE_M, hom[:, 0] < 0, hom[:, 0] > w * z,
+                        hom[:, 1] < 0, hom[:, 1] > h * z], 1)
+    culled = np.logical_and.reduceat(outside, starts, axis=0).any(1)
+    needs_clip = np.logical_or.reduceat(outside[:, 0], starts)
+    uv = hom[:, :2] / np.where(outside[:, :1], 1.0, z[:, None])
+    for i in np.flatnonzero(~culled):
+        a, b = starts[i], starts[i] + sizes[i]
+        if needs_clip[i]:
+            ring = _clip_near(cam[a:b])
+            if len(ring) < 3:
+                continue
+            ring = ring @ intrinsic.T
+            xy = ring[:, :2] / ring[:, 2:3]
+        else:
+            xy = uv[a:b]
+        draw.polygon(xy.ravel().tolist(), fill=colors[i])
+
+
+def _ground_rings(world: RenderWorld) -> tuple[np.ndarray, np.ndarray, list]:
+    """(pts [M,3], sizes [P], colors) of the ground polygons then the buffered ground lines,
+    built once per world and shared by every camera that renders it."""
+    key = (id(world.ground_polygons), len(world.ground_polygons), id(world.ground_lines),
+           len(world.ground_lines))
+    cached = getattr(world, "_ground_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    rings, colors = [], []
+    for poly, color in world.ground_polygons:
+        rings.append(np.asarray(poly, np.float64))
+        colors.append(tuple(int(c) for c in color))
+    for line, width, color in world.ground_lines:
+        strip = shapely.LineString(np.asarray(line, np.float64)).buffer(
+            width / 2, cap_style="flat", join_style="mitre")
+        for part in getattr(strip, "geoms", [strip]):
+            if not part.is_empty:
+                rings.append(np.asarray(part.exterior.coords)[:-1])
+                colors.append(tuple(int(c) for c in color))
+    sizes = np.array([len(r) for r in rings], np.int64)
+    xy = np.concatenate(rings) if rings else np.zeros((0, 2))
+    out = (np.concatenate([xy, np.zeros((len(xy), 1))], 1), sizes, colors)
+    world._ground_cache = (key, out)
+    return out
+
+
 def render_camera(world: RenderWorld, cam_to_world: np.ndarray, intrinsic: np.ndarray,
                   image_wh: tuple[int, int]) -> np.ndarray:
     """Render one pinhole camera (no distortion).
@@ -183,35 +266,10 @@ def render_camera(world: RenderWorld, cam_to_world: np.ndarray, intrinsic: np.nd
         raise ValueError(f"render_camera: intrinsic must be a [3,3] pinhole K, got {intrinsic}")
     w, h = (int(x) for x in image_wh)
     world_to_cam = np.linalg.inv(cam_to_world)
-    rot, trans = world_to_cam[:3, :3], world_to_cam[:3, 3]
 
-    img = Image.fromarray(_background(cam_to_world, intrinsic, w, h))
+    img = _background_image(cam_to_world, intrinsic, w, h)
     draw = ImageDraw.Draw(img)
-
-    def fill(ring_world: np.ndarray, color) -> None:
-        cam = ring_world @ rot.T + trans
-        if (cam[:, 2] < NEAR_PLANE_M).any():
-            if (cam[:, 2] < NEAR_PLANE_M).all():
-                return
-            cam = _clip_near(cam)
-            if len(cam) < 3:
-                return
-        uvw = cam @ intrinsic.T
-        uv = uvw[:, :2] / uvw[:, 2:3]
-        draw.polygon([tuple(p) for p in uv], fill=tuple(int(c) for c in color))
-
-    for poly, color in world.ground_polygons:
-        poly = np.asarray(poly, np.float64)
-        fill(np.concatenate([poly, np.zeros((len(poly), 1))], 1), color)
-
-    for line, width, color in world.ground_lines:
-        strip = shapely.LineString(np.asarray(line, np.float64)).buffer(
-            width / 2, cap_style="flat", join_style="mitre")
-        for part in getattr(strip, "geoms", [strip]):
-            if part.is_empty:
-                continue
-            ring = np.asarray(part.exterior.coords)[:-1]
-            fill(np.concatenate([ring, np.zeros((len(ring), 1))], 1), color)
+    _fill_rings(draw, *_ground_rings(world), world_to_cam, intrinsic, w, h)
 
     if len(world.boxes):
         corners = box_corners(world.boxes)                          # [N,8,3]
@@ -223,11 +281,14 @@ def render_camera(world: RenderWorld, cam_to_world: np.ndarray, intrinsic: np.nd
         # side of its plane. Then the visible faces of one box never overlap each other.
         visible = np.einsum("nfi,nfi->nf", normals, cam_pos - face_pts[:, :, 0]) > 0
         shade = _AMBIENT + _DIFFUSE * np.clip(normals @ _SUN, 0, None)      # [N,6]
-        colors = np.clip(world.box_colors[:, None, :] * shade[..., None], 0, 255)
+        face_colors = np.clip(world.box_colors[:, None, :] * shade[..., None], 0, 255)
         depth = np.linalg.norm(world.boxes[:, :3] - cam_pos, axis=1)
-        for n in np.argsort(-depth):          # painter's order: far boxes first
-            for f in np.flatnonzero(visible[n]):
-                fill(face_pts[n, f], colors[n, f])
+        order = np.argsort(-depth)            # painter's order: far boxes first
+        nf = np.nonzero(visible[order])
+        faces = face_pts[order][nf]                                  # [Q,4,3]
+        colors = [tuple(int(c) for c in rgb) for rgb in face_colors[order][nf]]
+        _fill_rings(draw, faces.reshape(-1, 3), np.full(len(faces), 4), colors, world_to_cam,
+                    intrinsic, w, h)
     return np.asarray(img)
 
 

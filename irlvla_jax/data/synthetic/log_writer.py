@@ -96,6 +96,7 @@ def write_log(road: RoadMap, ground: GroundCache, truth: LogTruth, render_frames
     """Write the pickle and sensor blobs of one log; returns the pickle's path."""
     root = Path(root)
     cams = rig.camera_rig(image_wh)
+    cam_to_lidar = {cam.name: rig.sensor_to_lidar(cam) for cam in cams}
     lidar2ego = rig.lidar_to_ego()
     blob_dir = root / "sensor_blobs" / split / name
     n = len(truth.ego_pose)
@@ -145,7 +146,7 @@ def write_log(road: RoadMap, ground: GroundCache, truth: LogTruth, render_frames
             render.write_jpeg(root / "sensor_blobs" / split / rel,
                               render.render_camera(world, cam.cam_to_ego, cam.intrinsic,
                                                    image_wh))
-            r, t = rig.sensor_to_lidar(cam)
+            r, t = (m.copy() for m in cam_to_lidar[cam.name])
             cam_dict[cam.name] = dict(data_path=rel, sensor2lidar_rotation=r,
                                       sensor2lidar_translation=t, cam_intrinsic=cam.intrinsic,
                                       distortion=np.zeros(5))

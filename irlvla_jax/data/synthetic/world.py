@@ -10,9 +10,11 @@ lane-group connectors (NAVSIM *roadblock connectors*).
 
 Traffic is simulated at 10 Hz: vehicles and bicycles follow lane paths with IDM car following,
 obey the signals, change lanes when their route needs it (or to pass a slow leader), and slow
-down for curves. Signals give each arm its own green (so movements inside a junction never cross),
-followed by a pedestrian phase; every clearance interval lasts until the junction box is empty,
-which is what makes the traffic collision-free by construction. Pedestrians cross at crosswalks
+down for curves; where two lanes merge into one they go in turn. Signals are actuated: opposite
+approaches share a phase (straight + right together, then their protected lefts; phases whose
+paths could touch are split), phases nobody waits for are skipped, and a pedestrian phase runs on
+request every few cycles; every clearance interval lasts until the junction box is empty, which
+is what makes the traffic collision-free by construction. Pedestrians cross at crosswalks
 during the pedestrian phase; parked cars (in roadside car parks) and cones/barriers stand still.
 The expert ego is a vehicle with careful parameters (long headway, gentle acceleration, bounded
 jerk) that follows a random route.
@@ -55,10 +57,17 @@ STOP_LINE_SETBACK = 5.5      # the stop line's far edge, from the junction box e
 WALKWAY = (2.8, 5.8)         # lateral band of the sidewalk beyond the road edge (m)
 CARPARK = (0.2, 2.6)         # lateral band of the roadside parking strip beyond the road edge
 SIDEWALK_WAIT = 3.2          # pedestrians wait this far beyond the road edge
-SPEED_LIMITS = {1: 11.18, 2: 13.41}    # m/s by lanes per direction (25 / 30 mph)
+SPEED_LIMITS = {1: 11.18, 2: 15.65}    # m/s by lanes per direction (25 / 35 mph)
+#: Lateral acceleration (m/s^2) that caps the speed in curves.
+CURVE_LAT_ACCEL = 2.5
 
-# Signal timing (s): each arm's green, yellow, minimum all-red; pedestrian walk.
-GREEN_S, YELLOW_S, ALL_RED_S, WALK_S = 5.0, 2.5, 1.0, 4.0
+# Signal timing (s): a phase's minimum / maximum green, yellow, minimum all-red;
+# pedestrian walk.
+GREEN_MIN_S, GREEN_MAX_S, YELLOW_S, ALL_RED_S, WALK_S = 5.0, 12.0, 2.5, 1.0, 5.0
+#: Vehicles whose front is within this distance of the stop line call their phase (detector).
+DETECTOR_M = 45.0
+#: The pedestrian phase runs at most every PED_EVERY-th cycle (a push button's wait).
+PED_EVERY = 3
 GREEN, YELLOW, RED = 0, 1, 2
 
 DT = 0.1                      # simulation step (s)
@@ -87,7 +96,8 @@ class Element:
     """A lane or a lane connector: the things vehicles drive along.
 
     xy [N,2] baseline vertices (driving direction); s [N] arclength; heading [N]; slow [K,2]
-    [(arclength, squared curve speed m^2/s^2)] where a_lat = 2 m/s^2 caps the speed (< 20 m/s).
+    [(arclength, squared curve speed m^2/s^2)] where a_lat = CURVE_LAT_ACCEL caps the speed
+    (< 20 m/s).
     """
     fid: int
     kind: str                      # "lane" | "connector"
@@ -112,7 +122,7 @@ class Element:
     def __post_init__(self):
         self.s, self.heading, kappa = _polyline_arrays(self.xy)
         self.length = float(self.s[-1])
-        vc = np.sqrt(2.0 / np.maximum(kappa, 1e-9))
+        vc = np.sqrt(CURVE_LAT_ACCEL / np.maximum(kappa, 1e-9))
         # The slowest vertex per 6 m chunk is enough for braking ahead of curves, and a short
         # Python list is far cheaper per query than numpy on a tiny array.
         self.slow = []
@@ -396,7 +406,7 @@ class DriverParams:
     lane_change_s: float = 3.5
 
 
-EGO_DRIVER = DriverParams(0.92, 1.8, 3.0, 1.4, 1.8, jerk=2.5, lane_change_s=4.5)
+EGO_DRIVER = DriverParams(0.95, 1.6, 3.0, 1.6, 1.8, jerk=2.5, lane_change_s=4.5)
 #: Pacifica (nuPlan ego): front / rear overhang from the rear axle, width, height.
 EGO_FRONT, EGO_REAR, EGO_WIDTH, EGO_HEIGHT = 4.049, 1.127, 2.297, 1.777
 STOP_DECEL = 3.0             # a yellow light is run only if stopping would need more than this
@@ -437,25 +447,74 @@ def _smooth_d(t: float) -> float:
     return 30 * t * t * (1 - t) * (1 - t)
 
 
-class Signals:
-    """Per signalised node: phases = each arm in turn, then a pedestrian phase on request
-    (a pedestrian waiting; at most every other cycle, as a push button would).
+#: Half width of the path a vehicle sweeps along a connector (widest vehicle plus margin).
+SWEPT_HALF_WIDTH = 1.4
 
-    Stages: GREEN -> YELLOW -> all-red (>= ALL_RED_S and until the box is empty) for an arm;
-    WALK -> clear (until the crosswalks are empty) for pedestrians.
+
+def _signal_phases(road: RoadMap, node: Node) -> list[set]:
+    """The phases of a signalised node: sets of (arm, turn) movements that may go together.
+
+    Opposite approaches share a phase: first their straight and right movements, then their
+    (protected) left turns; an approach with no opposite one (the stem of a T) gets one phase
+    for everything. A phase whose movements from different arms could touch (swept paths of
+    the widest vehicle) is split per arm, so movements that run together never conflict.
+    """
+    arms = node.arms
+    conns = [c for c in road.connectors() if c.node == node.fid]
+    axes, used = [], set()
+    for i, (d, gin, _) in enumerate(arms):
+        if i in used or gin is None:
+            continue
+        opp = [j for j, (dj, gj, _) in enumerate(arms)
+               if j != i and j not in used and gj is not None and float(np.dot(d, dj)) < -0.9]
+        axis = [i] + opp[:1]
+        used.update(axis)
+        axes.append(axis)
+    phases = []
+    for axis in axes:
+        groups = ([{(a, t) for a in axis for t in ("straight", "right")},
+                   {(a, "left") for a in axis}] if len(axis) == 2 else
+                  [{(axis[0], t) for t in ("straight", "right", "left")}])
+        for ph in groups:
+            ph = {m for m in ph if any((c.arm, c.turn) == m for c in conns)}
+            if not ph:
+                continue
+            swept = [(c.arm, LineString(c.xy).buffer(SWEPT_HALF_WIDTH)) for c in conns
+                     if (c.arm, c.turn) in ph]
+            clash = any(ai != aj and pi.intersects(pj) for ai, pi in swept for aj, pj in swept)
+            phases += [{m for m in ph if m[0] == a} for a in axis] if clash else [ph]
+    return [ph for ph in phases if ph]
+
+
+class Signals:
+    """Actuated signals, per signalised node: the phases of :func:`_signal_phases` in turn,
+    then a pedestrian phase on request (a pedestrian waiting; at most every ``PED_EVERY``-th
+    cycle, as a push button would).
+
+    A phase with no vehicle waiting for it is skipped; a green lasts at least GREEN_MIN_S, ends
+    early once nobody needs it and someone else waits, and at most GREEN_MAX_S while others
+    wait (with no one else waiting it rests in green). Stages: GREEN -> YELLOW -> all-red
+    (>= ALL_RED_S and until the box is empty); WALK -> clear (until the crosswalks are empty).
     """
 
     def __init__(self, road: RoadMap, rng: np.random.Generator):
-        self.state = {}
-        for n in road.nodes.values():
-            if n.signalised:
-                phase = int(rng.integers(0, len(n.arms) + 1))
-                self.state[n.fid] = [phase, "green" if phase < len(n.arms) else "walk",
-                                     float(rng.uniform(0, GREEN_S)), 0]
+        self.state, self.phases, self.phase_of = {}, {}, {}
+        for n in sorted(road.nodes.values(), key=lambda n: n.fid):
+            if not n.signalised:
+                continue
+            phases = self.phases[n.fid] = _signal_phases(road, n)
+            for c in road.connectors():
+                if c.node == n.fid:
+                    self.phase_of[c.fid] = next(i for i, ph in enumerate(phases)
+                                                if (c.arm, c.turn) in ph)
+            phase = int(rng.integers(0, len(phases)))
+            self.state[n.fid] = [phase, "green", float(rng.uniform(0, GREEN_MIN_S)),
+                                 int(rng.integers(1, PED_EVERY + 1))]
 
-    def arm_color(self, node: int, arm: int) -> int:
-        phase, stage = self.state[node][:2]
-        if phase != arm:
+    def color(self, conn: Element) -> int:
+        """GREEN, YELLOW or RED for a signalised connector (arm >= 0)."""
+        phase, stage = self.state[conn.node][:2]
+        if phase != self.phase_of[conn.fid]:
             return RED
         return {"green": GREEN, "yellow": YELLOW}.get(stage, RED)
 
@@ -463,26 +522,38 @@ class Signals:
         _, stage, t, _ = self.state[node]
         return stage == "walk" and t < WALK_S
 
-    def step(self, road: RoadMap, box_busy: set, crossing_busy: set, requests: set) -> None:
+    def step(self, box_busy: set, crossing_busy: set, requests: set, demand: set) -> None:
+        """demand: (node, phase) pairs a vehicle waits for; requests: nodes where a pedestrian
+        waits; box_busy / crossing_busy: nodes whose box / crosswalks are occupied."""
         for fid, st in self.state.items():
-            n_arms = len(road.nodes[fid].arms)
+            n_ph = len(self.phases[fid])
             st[2] += DT
             phase, stage, t, cycle = st
-            if stage == "green" and t >= GREEN_S:
+            others = any((fid, j) in demand for j in range(n_ph) if j != phase)
+            walkers = fid in requests and cycle % PED_EVERY == 0
+            if stage == "green" and (others or walkers) and (
+                    t >= GREEN_MAX_S or (t >= GREEN_MIN_S and (fid, phase) not in demand)):
                 st[1:3] = ["yellow", 0.0]
             elif stage == "yellow" and t >= YELLOW_S:
                 st[1:3] = ["allred", 0.0]
-            elif stage == "allred" and t >= ALL_RED_S and fid not in box_busy:
-                if phase + 1 < n_arms:
-                    st[:3] = [phase + 1, "green", 0.0]
-                elif fid in requests and cycle % 2 == 0:
-                    st[:3] = [phase + 1, "walk", 0.0]
+            elif stage in ("allred", "clear") and fid not in box_busy and (
+                    (stage == "allred" and t >= ALL_RED_S) or
+                    (stage == "clear" and fid not in crossing_busy)):
+                # The next phase in cyclic order that someone waits for (the pedestrian phase
+                # sits after the last vehicle phase).
+                start = phase + 1 if stage == "allred" else 0
+                for k in range(n_ph + 1):
+                    j = (start + k) % (n_ph + 1)
+                    if j == n_ph and walkers and stage == "allred":
+                        st[:] = [n_ph, "walk", 0.0, cycle]
+                        break
+                    if j < n_ph and (fid, j) in demand:
+                        st[:] = [j, "green", 0.0, cycle + (j <= phase or stage == "clear")]
+                        break
                 else:
-                    st[:] = [0, "green", 0.0, cycle + 1]
+                    st[:] = [start % n_ph, "green", 0.0, cycle + 1]
             elif stage == "walk" and t >= WALK_S:
                 st[1:3] = ["clear", 0.0]
-            elif stage == "clear" and fid not in crossing_busy and fid not in box_busy:
-                st[:] = [0, "green", 0.0, cycle + 1]
 
 
 @dataclasses.dataclass(eq=False)
@@ -531,11 +602,16 @@ class LogTruth:
 class TrafficSim:
     """The world's dynamic state and its 10 Hz update (see the module docstring)."""
 
-    def __init__(self, road: RoadMap, rng: np.random.Generator, vehicle_spacing_m: float = 70.0):
+    def __init__(self, road: RoadMap, rng: np.random.Generator, vehicle_spacing_m: float = 100.0):
         self.road, self.rng = road, rng
         self.signals = Signals(road, rng)
         self.siblings = {c.fid: [o for o in road.elements[c.exit_lane].outgoing if o != c.fid]
                          for c in road.connectors()}
+        # Connectors from other lanes into the same lane (a merge, e.g. two lanes into one at a
+        # corner): their users are followed in the order they reach the merge.
+        self.merges = {c.fid: [o.fid for o in road.connectors()
+                               if o.entry_lane == c.entry_lane and o.exit_lane != c.exit_lane]
+                       for c in road.connectors()}
         self.vehicles: list[Vehicle] = []
         self.red_violations = 0
         lanes = sorted(road.lanes(), key=lambda e: e.fid)
@@ -664,6 +740,19 @@ class TrafficSim:
                 occ.setdefault(veh.lc_old, []).append((lo * r, hi * r, veh.v, veh))
         return occ
 
+    def _demand(self) -> set:
+        """(node, phase) pairs that a vehicle near the end of an approach lane waits or heads
+        for."""
+        el, out = self.road.elements, set()
+        for veh in self.vehicles:
+            cur = el[veh.route[0]]
+            if (len(veh.route) > 1 and cur.kind == "lane"
+                    and cur.length - STOP_LINE_SETBACK - veh.s - veh.front < DETECTOR_M):
+                conn = el[veh.route[1]]
+                if conn.arm >= 0:
+                    out.add((conn.node, self.signals.phase_of[conn.fid]))
+        return out
+
     def _busy(self, occ: dict) -> tuple[set, set]:
         """(nodes whose box holds a vehicle or one past its stop line, nodes with pedestrians
         on a crosswalk); also sets ``self.crosswalk_cars``: (node, group) pairs whose crosswalk
@@ -689,7 +778,7 @@ class TrafficSim:
         """Whether ``veh`` must hold at the stop line of ``lane`` before ``conn``."""
         if conn.arm < 0:
             return False
-        color = self.signals.arm_color(conn.node, conn.arm)
+        color = self.signals.color(conn)
         if color == RED:
             return gap > -0.5
         if color == YELLOW and gap > veh.v ** 2 / (2 * STOP_DECEL):
@@ -716,6 +805,9 @@ class TrafficSim:
             if e.kind == "connector":
                 items += [it for sib in self.siblings[fid] for it in occ.get(sib, [])
                           if it[0] < 12.0]
+                for m in self.merges[fid]:     # projected by their distance to the merge end
+                    shift = e.length - el[m].length
+                    items += [(lo + shift, hi + shift, v, o) for lo, hi, v, o in occ.get(m, [])]
             for lo, hi, v, other in items:
                 if other is veh or off + (lo + hi) / 2 <= 0:
                     continue
@@ -792,7 +884,7 @@ class TrafficSim:
         occ = self._occupancy()
         box, crossing = self._busy(occ)
         requests = {p.node for p in self.peds if p.state == "wait"}
-        self.signals.step(self.road, box, crossing, requests)
+        self.signals.step(box, crossing, requests, self._demand())
         accels = []
         for veh in self.vehicles:
             a, leader = self._accel(veh, occ)
@@ -822,7 +914,7 @@ class TrafficSim:
             stop_s = cur.length - STOP_LINE_SETBACK
             conn = el[veh.route[1]]
             if (old_front <= stop_s < veh.s + veh.front and conn.arm >= 0
-                    and self.signals.arm_color(conn.node, conn.arm) == RED):
+                    and self.signals.color(conn) == RED):
                 self.red_violations += 1
         while veh.s > cur.length and len(veh.route) > 1:
             veh.s -= cur.length
@@ -901,7 +993,7 @@ class TrafficSim:
         for c in sorted(self.road.connectors(), key=lambda c: c.fid):
             node = self.road.nodes[c.node]
             if c.arm >= 0 and np.hypot(*(node.centre - centre)) < radius:
-                out.append((c.fid, self.signals.arm_color(c.node, c.arm) == RED))
+                out.append((c.fid, self.signals.color(c) == RED))
         return out
 
     def ego_route(self) -> list[int]:
