@@ -1,0 +1,185 @@
+"""Scorer throughput: trajectories scored per second vs batch size, candidates, agents, polygons.
+
+    .venv/bin/python benchmarks/bench_scorer.py                        # default sweep, CPU
+    .venv/bin/python benchmarks/bench_scorer.py --batch 1,8 --k 64 --agents 50 --polygons 128
+    JAX_PLATFORMS=cuda .venv/bin/python benchmarks/bench_scorer.py --batch 8,64 --k 256
+
+Scenes are NAVSIM-sized synthetic worlds (a multi-lane road grid with ``--polygons`` map
+polygons of 24 vertices, ``--agents`` moving and static objects, a 200-vertex centreline,
+8 red-light connectors). Two numbers per configuration:
+
+* ``full``: ``scorer.score`` — observation, PDM-Closed and the human trajectory once per scene,
+  then simulation + metrics + comfort for each of the K candidates;
+* ``cands``: ``scorer.score_with`` on a precomputed observation and reference — the per-
+  candidate cost alone (what a training loop pays when it caches the per-scene work).
+
+Compilation is excluded (timed separately); each timing is the median of ``--reps`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from irlvla_jax import types
+from irlvla_jax.sim import observation, pdm_closed, scorer
+
+
+def synthetic_scene(sizes: types.SceneSizes, rng: np.random.Generator, n_agents: int,
+                    n_polygons: int) -> types.Scene:
+    """A NAVSIM-sized scene: 4 parallel lanes along +x, cross streets, clutter polygons."""
+    s = types.zeros_scene(sizes)
+    V = sizes.max_polygon_vertices
+
+    def put(i, x0, x1, y0, y1, kind, on_route=False):
+        ring = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+        # Densify the long edges so polygons use their vertex budget like real lane polygons.
+        t = np.linspace(0, 1, V // 2, endpoint=False)[:, None]
+        bottom = ring[0] + t * (ring[1] - ring[0])
+        top = ring[2] + t * (ring[3] - ring[2])
+        s.map_polygons[i] = np.concatenate([bottom, top])
+        s.map_vertex_valid[i] = True
+        s.map_polygon_type[i], s.map_polygon_on_route[i] = kind, on_route
+        s.map_polygon_valid[i] = True
+
+    i = 0
+    for lane in range(4):                                  # the road: roadblock + lane each
+        y0 = -1.75 - 3.5 + 3.5 * lane
+        for kind in (types.ROADBLOCK, types.LANE):
+            if i < n_polygons:
+                put(i, -100, 100, y0, y0 + 3.5, kind, on_route=(lane == 1 and kind == types.LANE))
+                i += 1
+    while i < n_polygons:                                  # side streets and intersections
+        x = rng.uniform(-100, 100)
+        y = rng.choice([-1, 1]) * rng.uniform(9, 90)
+        kind = [types.ROADBLOCK, types.LANE, types.LANE_CONNECTOR, types.INTERSECTION][i % 4]
+        put(i, x - 2, x + 2, min(y, 0.0), max(y, 0.0) + 5.0, kind)
+        i += 1
+
+    R = sizes.max_centerline
+    s.centerline[:, 0] = np.linspace(-50, 150, R)
+    s.centerline_valid[:] = True
+    s.speed_limit[...] = 13.9
+    v = rng.uniform(5, 12)
+    s.ego_history_time[:] = [-1.5, -1.0, -0.5, 0.0]
+    s.ego_history[:, 0] = v * s.ego_history_time
+    s.ego_history_velocity[:, 0] = v
+    s.ego_velocity[0] = v
+    s.expert_future[:, 0] = v * 0.5 * np.arange(1, sizes.num_future + 1)
+    s.expert_future_valid[:] = True
+    s.is_original[...] = True
+    s.has_previous[...] = True
+
+    tk = 0.5 * np.arange(types.NUM_AGENT_STEPS)
+    for a in range(min(n_agents, sizes.max_agents)):
+        x, y = rng.uniform(-60, 90), rng.choice([-3.5, 0.0, 3.5, 7.0]) + rng.normal(0, 0.3)
+        if abs(x) < 8 and abs(y) < 3:
+            x += 20.0                                      # keep clear of the ego at t = 0
+        dynamic = a % 3 != 2
+        vx = rng.uniform(0, 12) if dynamic else 0.0
+        s.agent_states[a, :, 0] = x + vx * tk
+        s.agent_states[a, :, 1] = y
+        s.agent_states[a, :, 3] = vx
+        s.agent_valid[a] = True
+        s.agent_size[a] = (4.5, 2.0, 1.6) if dynamic else (0.5, 0.5, 1.0)
+        s.agent_class[a] = types.VEHICLE if dynamic else types.AGENT_CLASSES.index("traffic_cone")
+    for r in range(sizes.max_red_lights):
+        x0 = rng.uniform(20, 90)
+        ring = np.array([[x0, -1.75], [x0 + 4, -1.75], [x0 + 4, 1.75], [x0, 1.75]], np.float32)
+        s.red_light_polygons[r] = np.concatenate([ring, np.repeat(ring[:1], V - 4, 0)])
+        s.red_light_vertex_valid[r, :4] = True
+        s.red_light_is_red[r] = rng.random(types.NUM_AGENT_STEPS) < 0.3
+        s.red_light_on_route[r] = s.red_light_on_corrected_route[r] = True
+        s.red_light_valid[r] = True
+    return s
+
+
+def candidate_plans(rng, batch, k, speed):
+    """[B, K, 8, 3] plans fanning out in speed and heading."""
+    t = 0.5 * np.arange(1, 9)
+    v = speed[:, None] * rng.uniform(0.3, 1.4, (batch, k))
+    yaw = rng.normal(0, 0.05, (batch, k))
+    h = yaw[..., None] * t
+    x = v[..., None] * t * np.cos(h / 2)
+    y = v[..., None] * t * np.sin(h / 2)
+    return np.stack([x, y, h], -1).astype(np.float32)
+
+
+def _time(fn, args, reps):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def bench(batch, k, agents, polygons, reps, seed=0):
+    sizes = types.SceneSizes(max_agents=agents, max_polygons=polygons, max_polygon_vertices=24,
+                             max_centerline=200, max_red_lights=8, num_future=8,
+                             cameras=("CAM_F0",), image_hw=(8, 8), lidar_bev_hw=(4, 4),
+                             bev_hw=(4, 4), max_lanes=2, lane_points=2)
+    rng = np.random.default_rng(seed)
+    scenes = [synthetic_scene(sizes, rng, agents, polygons) for _ in range(batch)]
+    scene = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *scenes)
+    plans = jnp.asarray(candidate_plans(rng, batch, k, np.asarray(scene.ego_velocity[:, 0])))
+
+    full = jax.jit(scorer.score)
+    t0 = time.perf_counter()
+    full_c = full.lower(scene, plans).compile()
+    compile_full = time.perf_counter() - t0
+    t_full = _time(full_c, (scene, plans), reps)
+
+    obs = jax.jit(jax.vmap(observation.build_observation))(scene)
+    _, ref = jax.jit(jax.vmap(pdm_closed.pdm_closed))(scene)
+    cands = jax.jit(scorer.score_with)
+    t0 = time.perf_counter()
+    cands_c = cands.lower(scene, plans, obs, ref).compile()
+    compile_cands = time.perf_counter() - t0
+    t_cands = _time(cands_c, (scene, plans, obs, ref), reps)
+    n = batch * k
+    return dict(device=jax.devices()[0].platform, batch=batch, k=k, agents=agents,
+                polygons=polygons, full_traj_per_s=n / t_full, cands_traj_per_s=n / t_cands,
+                full_s=t_full, cands_s=t_cands, compile_full_s=compile_full,
+                compile_cands_s=compile_cands)
+
+
+def _ints(s):
+    return [int(x) for x in s.split(",")]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=_ints, default=[1, 4])
+    p.add_argument("--k", type=_ints, default=[64])
+    p.add_argument("--agents", type=_ints, default=[50])
+    p.add_argument("--polygons", type=_ints, default=[128])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--json", default="", help="also write the results here (JSON lines)")
+    a = p.parse_args()
+    print(f"devices: {jax.devices()}")
+    print(f"{'dev':>4} {'B':>4} {'K':>5} {'A':>4} {'P':>4} | {'full traj/s':>11} "
+          f"{'cands traj/s':>12} | {'full s':>7} {'cands s':>7} | compile s (full, cands)")
+    for agents in a.agents:
+        for polygons in a.polygons:
+            for k in a.k:
+                for b in a.batch:
+                    r = bench(b, k, agents, polygons, a.reps)
+                    print(f"{r['device']:>4} {b:>4} {k:>5} {agents:>4} {polygons:>4} | "
+                          f"{r['full_traj_per_s']:>11.0f} {r['cands_traj_per_s']:>12.0f} | "
+                          f"{r['full_s']:>7.3f} {r['cands_s']:>7.3f} | "
+                          f"{r['compile_full_s']:.0f}, {r['compile_cands_s']:.0f}", flush=True)
+                    if a.json:
+                        with open(a.json, "a") as f:
+                            f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

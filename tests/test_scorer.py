@@ -1,0 +1,158 @@
+"""The EPDMS scorer end to end: plans -> simulation -> metrics -> sub-scores (spec/EPDMS.md).
+
+Compiling the scorer with PDM-Closed is the expensive part on CPU, so one compiled ``score``
+on an 8-scene batch serves every test, plus one 8-way sharded ``score_with``.
+"""
+
+import json
+
+import jax
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import scorer_scenes as sc
+from irlvla_jax import parallel, types
+from irlvla_jax.sim import metrics, observation, report, scorer
+
+K = 2
+ROT = -0.15          # scene 1: the road turns away 8.6 deg to the right of the ego's heading
+
+
+def straight_plan(v, angle=0.0):
+    """8 poses at 0.5 s along a line at ``angle`` (a constant-velocity plan for angle 0)."""
+    d = v * 0.5 * np.arange(1, 9)
+    return np.stack([d * np.cos(angle), d * np.sin(angle), np.full(8, angle)], -1)
+
+
+def build_batch():
+    scenes, plans = [], []
+    # 0: an open road; the expert-like plan and a slow one.
+    scenes.append(sc.road_scene(10.0)); plans.append([straight_plan(10.0), straight_plan(4.0)])
+    # 1: the road bends away; the expert follows it, constant velocity leaves the road.
+    scenes.append(sc.road_scene(10.0, angle=ROT))
+    plans.append([straight_plan(10.0, ROT), straight_plan(10.0)])
+    # 2/3: a red light the human drove through; original scene (filter applies) / synthetic.
+    for original in (True, False):
+        s = sc.add_red_light(sc.road_scene(8.0), 0, 20.0, 25.0)
+        s.expert_future[:, 0] = 8.0 * 0.5 * np.arange(1, 9)
+        s.is_original[...] = original
+        scenes.append(s); plans.append([straight_plan(8.0), straight_plan(2.0)])
+    # 4: a slow lead vehicle that the fast plan rear-ends.
+    s = sc.add_agent(sc.road_scene(10.0), 0, x=25.0, y=0.0, vx=3.0)
+    s.expert_future[:, 0] = 3.0 * 0.5 * np.arange(1, 9)     # the human slowed down behind it
+    scenes.append(s)
+    plans.append([straight_plan(10.0), straight_plan(3.0)])
+    # 5-7: open road at other speeds.
+    for v in (5.0, 8.0, 12.0):
+        scenes.append(sc.road_scene(v)); plans.append([straight_plan(v), straight_plan(0.5 * v)])
+    batch = jax.tree.map(lambda *x: np.stack(x), *scenes)
+    return batch, np.asarray(plans, np.float32)
+
+
+@pytest.fixture(scope="module")
+def scored():
+    """The public API, compiled once: ``score`` on the 8-scene batch."""
+    batch, plans = build_batch()
+    sub, det = jax.jit(scorer.score)(batch, plans)
+    return batch, plans, jax.tree.map(np.asarray, sub), jax.tree.map(np.asarray, det)
+
+
+@pytest.fixture(scope="module")
+def run_sharded(scored):
+    """``score_with`` with the batch split over the 8 fake CPU devices (shard_map), fed the
+    same observation and PDM-Closed reference as ``scored``."""
+    batch, plans, _, det = scored
+    mesh = parallel.make_mesh({"data": -1, "fsdp": 1})
+    assert mesh.shape["data"] == 8
+    spec = P("data")
+    fn = jax.jit(jax.shard_map(scorer.score_with, mesh=mesh, in_specs=(spec,) * 4,
+                               out_specs=spec, check_vma=False))
+    build_obs = jax.jit(jax.vmap(observation.build_observation))
+
+    def call(idx):
+        b = jax.tree.map(lambda x: x[idx], batch)
+        args = parallel.shard_batch((b, plans[idx], build_obs(b), det.reference_states[idx]), mesh)
+        sub, _ = fn(*args)
+        assert len(sub.nc.sharding.device_set) == 8
+        return jax.tree.map(np.asarray, sub)
+    return call
+
+
+def test_expert_like_plan_beats_leaving_the_road(scored):
+    _, _, sub, det = scored
+    e = sub.epdms()
+    assert e[0, 0] > 0.9 and e[1, 0] > 0.9
+    assert sub.dac[1, 1] == 0.0 and e[1, 1] < 0.5 * e[1, 0]
+    assert sub.nc[4, 0] == 0.0 and sub.nc[4, 1] == 1.0   # rear-ending the slow lead
+
+
+def test_progress_is_normalised_by_pdm_closed(scored):
+    _, _, sub, det = scored
+    ref = det.reference_progress[0]
+    raw = det.raw["progress"][0]
+    assert ref > raw[1] > 5.0
+    np.testing.assert_allclose(sub.ep[0, 1], raw[1] / max(ref, raw[0]), rtol=1e-4)
+    np.testing.assert_allclose(sub.ep, metrics.normalise_progress(
+        det.raw["progress"], metrics.multiplier(det.raw), det.reference_progress[:, None],
+        det.reference_multiplier[:, None]), atol=1e-6)
+    # PDM-Closed's reference keeps to the road and collides with nothing.
+    assert (det.reference_multiplier[[0, 1, 5, 6, 7]] == 1.0).all()
+
+
+def test_human_filter_lifts_what_the_human_fails(scored):
+    _, _, sub, det = scored
+    assert det.human.tlc[2] == 0.0 and det.human.tlc[3] == 0.0
+    assert det.unfiltered.tlc[2, 0] == 0.0 and det.unfiltered.tlc[3, 0] == 0.0
+    assert sub.tlc[2, 0] == 1.0            # original scene: the human ran it too
+    assert sub.tlc[3, 0] == 0.0            # synthetic scene: no filter
+    np.testing.assert_array_equal(sub.ec_weight, 0.0)      # no previous-frame states given
+
+
+def test_v1_pdms_and_aggregates(scored):
+    _, _, sub, det = scored
+    assert det.pdms_v1.shape == (8, K)
+    np.testing.assert_allclose(det.epdms, sub.epdms(), atol=1e-6)
+    # v1 ignores DDC/TLC: the red-light plan in the synthetic scene keeps a positive PDMS.
+    assert det.pdms_v1[3, 0] > 0.5 and det.epdms[3, 0] == 0.0
+    m = report.summarise(sub, det.pdms_v1)
+    assert m["count"] == 16 and 0 < m["epdms"] < 1 and np.isnan(m["ec"])
+    assert set(json.loads(json.dumps(m))) >= set(types.SUBSCORE_NAMES) | {"epdms", "pdms_v1"}
+    assert "EPDMS" in str(report.make_table({"agent": m}).columns[10].header)
+
+
+def test_sharded_batch_equals_one_scene_at_a_time(run_sharded, scored):
+    _, _, sub, _ = scored
+    sharded = run_sharded(np.arange(8))
+    for name in types.SUBSCORE_NAMES:      # sharded == jit(vmap) over the batch
+        np.testing.assert_allclose(getattr(sharded, name), getattr(sub, name), atol=1e-5,
+                                   err_msg=name)
+    for i in (1, 4):
+        # The same compiled program on a batch holding only scene i.
+        one = run_sharded(np.full(8, i))
+        for name in types.SUBSCORE_NAMES:
+            np.testing.assert_allclose(getattr(one, name)[0], getattr(sub, name)[i],
+                                       atol=1e-5, err_msg=name)
+
+
+def test_two_stage_aggregation():
+    # Two groups, frames (now, prev), three stage-2 scenes each.
+    stage1 = jnp.array([[1.0, 0.5], [0.0, 1.0]])
+    stage2 = jnp.array([[[1.0, 0.0, 0.0], [0.2, 0.4, 0.6]]] * 2)
+    starts = jnp.zeros((2, 2, 3, 2)).at[..., 0].set(jnp.array([0.0, 10.0, 20.0]))
+    endpoint = jnp.zeros((2, 2, 2))                       # right at scene 0's start
+    valid = jnp.ones((2, 2, 3), bool)
+    group, final = scorer.two_stage_score(stage1, stage2, endpoint, starts, valid)
+    # Weights ~ (1, 0, 0): stage-2 of group 0 = (1.0, 0.2) -> 0.5 (1*1 + 0.5*0.2) = 0.55.
+    np.testing.assert_allclose(group, [0.55, 0.1], atol=1e-5)
+    np.testing.assert_allclose(final, 0.325, atol=1e-5)
+    # Far from every start: the weights fall back to uniform over valid scenes.
+    w = scorer.two_stage_weights(jnp.array([1e3, 0.0]), starts[0, 0], jnp.array([True, True, False]))
+    np.testing.assert_allclose(w, [0.5, 0.5, 0.0])
+
+
+def test_bad_plan_shape_is_a_clear_error():
+    batch, plans = build_batch()
+    with pytest.raises(ValueError, match="plans has shape"):
+        scorer.score(batch, plans[:, :, :5])
