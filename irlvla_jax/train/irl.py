@@ -1,0 +1,480 @@
+"""Stage 2: the reward world model, learned by inverse RL from expert driving and scorer feedback.
+
+    python launch.py irl                  # after `python launch.py il`
+    run(config, workdir) -> dict          # the same, from Python
+
+One jitted step per batch of scenes (batch on the mesh's 'data' axis):
+  1. candidates per scene: expert + ``num_vocab`` k-means vocabulary trajectories (the stage-1
+     policy's anchors) + ``num_policy`` samples of the frozen stage-1 policy + ``num_perturb``
+     perturbed experts (``candidates.py``);
+  2. labels: the JAX EPDMS scorer on every candidate, inside the same jit (no label files). EC
+     needs the plan made 0.5 s earlier: the expert's, re-expressed in the t = -0.5 s frame
+     (``scene_ops.previous_frame_plan``) and simulated from that frame's logged state;
+  3. loss: per-metric CE (NC, DDC: 3 classes) / BCE (DAC, TLC, TTC, LK, HC, EC) / soft-target
+     BCE on the sigmoid (EP), class-balanced within the batch, weighted by ``irl.loss_weights``;
+     plus the inverse-RL term (``irl.irl_weight``): the expert demonstration must be rewarded at
+     least as highly as every candidate the scorer ranks no higher than it — a hinge on the
+     predicted-reward margin ``r(expert) - r(candidate)`` and a max-entropy IRL term
+     ``-log softmax(r / T)[expert]`` over the expert and those candidates.
+Outputs under ``<workdir>/irl``: orbax checkpoints (resume), metrics.jsonl + TensorBoard,
+eval.json (held-out quality vs a training-mean baseline), printed as a table.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.stats
+
+from irlvla_jax import parallel, scene_ops, tracking, types
+from irlvla_jax.checkpoint import Checkpointer
+from irlvla_jax.models import reward_model as rwm_lib
+from irlvla_jax.train import candidates as cand_lib
+from irlvla_jax.train.state import TrainState, make_optimizer
+
+LabelFn = Callable[[types.Scene, jax.Array], types.SubScores]
+THREE_CLASS = ("nc", "ddc")
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels: the EPDMS scorer, with the previous frame's plan for EC.
+
+def previous_frame_states(scene: types.Scene):
+    """Simulated states of the expert's plan made 0.5 s earlier, in that frame.
+
+    scene [B] -> [B,41,11]. The plan is ``scene_ops.previous_frame_plan``; the initial state is
+    the logged body-frame velocity/acceleration at t = -0.5 s (history row 2). EC compares
+    frame-invariant features only, so the frame does not matter to the scorer.
+    """
+    from irlvla_jax.sim import simulate, trajectory
+
+    def one(s):
+        plan = scene_ops.previous_frame_plan(s)
+        init = jnp.zeros((trajectory.STATE_DIM,), jnp.float32)
+        S = trajectory.StateIndex
+        v, a = s.ego_history_velocity[-2], s.ego_history_acceleration[-2]
+        init = init.at[S.VX].set(v[0]).at[S.VY].set(v[1]).at[S.AX].set(a[0]).at[S.AY].set(a[1])
+        return simulate.simulate(trajectory.reference_poses(plan), init)
+    return jax.vmap(one)(scene)
+
+
+def scorer_labels(scene: types.Scene, trajs) -> types.SubScores:
+    """NAVSIM v2 sub-scores of every candidate: scene [B], trajs [B,K,8,3] -> SubScores [B,K]
+    (human filter on, EC against the previous frame's expert plan, EC weight = has_previous)."""
+    from irlvla_jax.sim import scorer
+    sub, _ = scorer.score(scene, trajs, previous_frame_states(scene), human_filter=True)
+    return jax.lax.stop_gradient(sub)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+
+def _balanced_weights(onehot, mask, max_weight: float):
+    """Per-example weights that equalise the classes present in the batch.
+
+    onehot [...,C], mask [...] -> [...]: 1 / (C_present * freq(class)), clipped to max_weight,
+    0 where mask is false. Rare failures (a few DAC = 0 among hundreds) get up to max_weight.
+    """
+    m = mask.astype(jnp.float32)
+    counts = jnp.sum(onehot * m[..., None], axis=tuple(range(onehot.ndim - 1)))
+    total = jnp.maximum(jnp.sum(m), 1.0)
+    present = jnp.maximum(jnp.sum(counts > 0), 1)
+    w_class = jnp.where(counts > 0, total / (present * jnp.maximum(counts, 1.0)), 0.0)
+    return jnp.minimum(onehot @ w_class, max_weight) * m
+
+
+def _weighted_mean(x, w):
+    return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1e-6)
+
+
+def class_index(x):
+    """{0, 0.5, 1} sub-score -> class 0..2. x [...] -> int32 [...]."""
+    return jnp.clip(jnp.round(2.0 * x), 0, 2).astype(jnp.int32)
+
+
+def supervised_loss(pred: rwm_lib.Predictions, labels: types.SubScores, cfg: Mapping[str, Any]):
+    """Per-metric losses, weighted. pred/labels [B,K] -> (total [], dict of per-metric [])."""
+    balance = bool(cfg["balance"])
+    max_w = float(cfg["balance_max_weight"])
+    ones = jnp.ones_like(labels.ep, bool)
+    out = {}
+    for name in THREE_CLASS:
+        logits = getattr(pred, f"{name}_logits")
+        y = jax.nn.one_hot(class_index(getattr(labels, name)), 3)
+        w = _balanced_weights(y, ones, max_w) if balance else ones.astype(jnp.float32)
+        out[name] = _weighted_mean(optax.softmax_cross_entropy(logits, y), w)
+    for i, name in enumerate(rwm_lib.BINARY_METRICS):
+        y = getattr(labels, name)
+        mask = (labels.ec_weight > 0) if name == "ec" else ones
+        w = (_balanced_weights(jax.nn.one_hot((y > 0.5).astype(jnp.int32), 2), mask, max_w)
+             if balance else mask.astype(jnp.float32))
+        out[name] = _weighted_mean(optax.sigmoid_binary_cross_entropy(pred.binary_logits[..., i],
+                                                                      y), w)
+    out["ep"] = jnp.mean(optax.sigmoid_binary_cross_entropy(pred.ep_logit, labels.ep))
+    weights = cfg["loss_weights"]
+    total = sum(float(weights[k]) * v for k, v in out.items())
+    return total, out
+
+
+def irl_loss(reward, true_epdms, source, cfg: Mapping[str, Any]):
+    """The inverse-RL term: the expert's demonstration defines what is rewarded.
+
+    reward [B,K] predicted (candidate 0 = the expert), true_epdms [B,K] from the scorer, source
+    [K] (``candidates.EXPERT`` ...). Pairs (expert, j) count for every j of a source in
+    ``cfg.pair_sources`` that the scorer ranks no higher than the expert.
+    Returns (loss [], metrics): hinge max(0, margin - (r_E - r_j)) averaged over the pairs, plus
+    ``maxent_weight`` * -log softmax(r / temperature)[expert] over the expert and its pairs.
+    """
+    allowed = jnp.isin(source, jnp.asarray([cand_lib.SOURCE_NAMES.index(s)
+                                            for s in cfg["pair_sources"]]))
+    pairs = allowed[None, :] & (source != cand_lib.EXPERT)[None, :] & \
+        (true_epdms[:, :1] >= true_epdms)                                   # [B,K]
+    pf = pairs.astype(jnp.float32)
+    gap = reward[:, :1] - reward
+    hinge = _weighted_mean(jax.nn.relu(float(cfg["margin"]) - gap), pf)
+    logits = jnp.where(pairs | (source == cand_lib.EXPERT)[None, :],
+                       reward / float(cfg["temperature"]), -jnp.inf)
+    has = pairs.any(-1).astype(jnp.float32)
+    maxent = _weighted_mean(-jax.nn.log_softmax(logits, -1)[:, 0], has)
+    loss = hinge + float(cfg["maxent_weight"]) * maxent
+    return loss, dict(irl_hinge=hinge, irl_maxent=maxent,
+                      expert_preferred=_weighted_mean((gap > 0).astype(jnp.float32), pf),
+                      irl_pairs=jnp.sum(pf))
+
+
+def label_statistics(labels: types.SubScores):
+    """Means the 'training mean' baseline needs: each sub-score's mean and the 3-class
+    frequencies. labels [B,K] -> dict of [] (EC over scenes where it counts)."""
+    out = {f"label/{n}": jnp.mean(getattr(labels, n)) for n in types.SUBSCORE_NAMES if n != "ec"}
+    m = (labels.ec_weight > 0).astype(jnp.float32)
+    out["label/ec"] = _weighted_mean(labels.ec, m)
+    for n in THREE_CLASS:
+        freq = jnp.mean(jax.nn.one_hot(class_index(getattr(labels, n)), 3), axis=(0, 1))
+        out.update({f"label/{n}_class{c}": freq[c] for c in range(3)})
+    out["label/epdms"] = jnp.mean(labels.epdms())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The step
+
+PolicyFn = Callable[[Any, types.Scene, jax.Array], tuple[jax.Array, Any]]
+
+
+def make_candidates_fn(config, policy_fn: PolicyFn | None):
+    """(frozen, scene [B], rng) -> (trajs [B,K,8,3], source [K], policy tokens or None)."""
+    icfg = config.irl
+
+    def fn(frozen, scene, rng):
+        k_pol, k_cand = jax.random.split(rng)
+        policy_trajs, tokens = None, None
+        if policy_fn is not None and frozen.get("policy") is not None:
+            policy_trajs, tokens = policy_fn(frozen["policy"], scene, k_pol)
+        expert = scene.expert_future[:, : types.PLAN_LEN]
+        num_perturb = icfg.num_perturb + (icfg.num_policy if policy_trajs is None else 0)
+        trajs, source = cand_lib.make_candidates(expert, frozen["vocab"], policy_trajs, k_cand,
+                                                 icfg.num_vocab, num_perturb, icfg.perturb)
+        return trajs, source, tokens
+    return fn
+
+
+def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
+                    policy_fn: PolicyFn | None = None):
+    """The IRL train step (not jitted; see :func:`jit_train_step`).
+
+    step(state: TrainState, frozen: {'vocab': [M,8,3], 'policy': variables | None},
+         scene: Scene [B], rng) -> (state, metrics dict of []).
+    ``policy_fn(policy_variables, scene, rng) -> (trajs [B,Np,8,3], SceneTokens)`` samples the
+    frozen stage-1 policy; None (or frozen['policy'] None) replaces its slots by perturbations.
+    """
+    icfg = config.irl
+    cands = make_candidates_fn(config, policy_fn)
+
+    def step(state: TrainState, frozen, scene: types.Scene, rng):
+        trajs, source, tokens = cands(frozen, scene, rng)
+        labels = jax.lax.stop_gradient(label_fn(scene, trajs))
+        true = labels.epdms()
+
+        def loss_fn(params):
+            pred = rwm_lib.apply(model, params, scene, trajs, tokens)
+            sup, parts = supervised_loss(pred, labels, icfg)
+            reward = pred.reward(labels.ec_weight)
+            irl, irl_metrics = irl_loss(reward, true, source, icfg)
+            total = sup + float(icfg.irl_weight) * irl
+            return total, (parts, irl_metrics, reward)
+
+        (loss, (parts, irl_metrics, reward)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads)
+        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
+                       reward_mae=jnp.mean(jnp.abs(reward - true)), **irl_metrics,
+                       **{f"loss/{k}": v for k, v in parts.items()}, **label_statistics(labels))
+        return state, metrics
+    return step
+
+
+def jit_train_step(step, mesh=None):
+    """jit the step; with a mesh the scene batch is on 'data', the rest replicated."""
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0,))
+    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, rep, dat, rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+
+def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
+                   policy_fn: PolicyFn | None = None):
+    """(params, frozen, scene [B], rng) -> dict of arrays: reward, true [B,K], probs of the
+    binary heads [B,K,6], 3-class predictions [B,K] (nc_pred, ddc_pred), ep_pred [B,K], the
+    labels [B,K] per sub-score, ec_weight [B,K], source [K]."""
+    cands = make_candidates_fn(config, policy_fn)
+
+    def step(params, frozen, scene, rng):
+        trajs, source, tokens = cands(frozen, scene, rng)
+        labels = label_fn(scene, trajs)
+        pred = rwm_lib.apply(model, params, scene, trajs, tokens)
+        out = dict(reward=pred.reward(labels.ec_weight), true=labels.epdms(),
+                   binary_prob=jax.nn.sigmoid(pred.binary_logits),
+                   nc_pred=jnp.argmax(pred.nc_logits, -1), ddc_pred=jnp.argmax(pred.ddc_logits, -1),
+                   ep_pred=jax.nn.sigmoid(pred.ep_logit), ec_weight=labels.ec_weight,
+                   source=source)
+        out.update({f"y_{n}": getattr(labels, n) for n in types.SUBSCORE_NAMES})
+        return out
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out metrics (host side)
+
+def _auc(score, y):
+    """ROC AUC via the Mann-Whitney statistic; NaN when only one class is present."""
+    y = np.asarray(y) > 0.5
+    npos, nneg = int(y.sum()), int((~y).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    ranks = scipy.stats.rankdata(score)
+    return float((ranks[y].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def _spearman_per_scene(pred, true):
+    """Mean over scenes of Spearman's rho between pred [N,K] and true [N,K]; a constant
+    prediction (or truth) ranks nothing: rho counts as 0 there."""
+    rhos = []
+    for p, t in zip(pred, true):
+        if np.ptp(t) == 0:
+            continue                   # nothing to rank: the scene does not count
+        rhos.append(0.0 if np.ptp(p) == 0 else float(scipy.stats.spearmanr(p, t)[0]))
+    return float(np.mean(rhos)) if rhos else float("nan")
+
+
+def _regret(pred, true):
+    """Mean over scenes of best true EPDMS minus the true EPDMS of the predicted best; ties of
+    the prediction are broken uniformly (expected regret), so a constant predictor is not
+    credited with the slot order."""
+    best = true.max(-1)
+    top = pred >= pred.max(-1, keepdims=True) - 1e-9
+    chosen = (true * top).sum(-1) / top.sum(-1)
+    return float(np.mean(best - chosen))
+
+
+def quality_metrics(outs: Mapping[str, np.ndarray], train_means: Mapping[str, float] | None = None
+                    ) -> dict[str, dict[str, float]]:
+    """Held-out quality of the RWM and of the training-mean baseline.
+
+    outs: the eval step's arrays concatenated over scenes ([N,K] ...). train_means: the
+    ``label/*`` statistics of training. Returns {"rwm": {...}, "mean_baseline": {...}} with
+    acc_/auc_ per binary metric, acc_nc, acc_ddc, mae_ep, spearman, regret.
+    """
+    rows = {"rwm": {}, "mean_baseline": {}}
+    tm = dict(train_means or {})
+    for i, n in enumerate(rwm_lib.BINARY_METRICS):
+        y = outs[f"y_{n}"]
+        mask = outs["ec_weight"] > 0 if n == "ec" else np.ones(y.shape, bool)
+        if not mask.any():
+            continue
+        p, yy = outs["binary_prob"][..., i][mask], y[mask]
+        rows["rwm"][f"acc_{n}"] = float(np.mean((p > 0.5) == (yy > 0.5)))
+        rows["rwm"][f"auc_{n}"] = _auc(p, yy)
+        mean = tm.get(f"label/{n}", float(np.mean(yy)))
+        rows["mean_baseline"][f"acc_{n}"] = float(np.mean((mean > 0.5) == (yy > 0.5)))
+        rows["mean_baseline"][f"auc_{n}"] = 0.5 if 0 < yy.mean() < 1 else float("nan")
+    for n in THREE_CLASS:
+        y = np.clip(np.round(2 * outs[f"y_{n}"]), 0, 2)
+        rows["rwm"][f"acc_{n}"] = float(np.mean(outs[f"{n}_pred"] == y))
+        freqs = [tm.get(f"label/{n}_class{c}", 0.0) for c in range(3)]
+        rows["mean_baseline"][f"acc_{n}"] = float(np.mean(int(np.argmax(freqs)) == y))
+    rows["rwm"]["mae_ep"] = float(np.mean(np.abs(outs["ep_pred"] - outs["y_ep"])))
+    rows["mean_baseline"]["mae_ep"] = float(np.mean(np.abs(
+        tm.get("label/ep", float(np.mean(outs["y_ep"]))) - outs["y_ep"])))
+    const = np.full_like(outs["true"], tm.get("label/epdms", 0.0))
+    for name, pred in (("rwm", outs["reward"]), ("mean_baseline", const)):
+        rows[name]["mae_epdms"] = float(np.mean(np.abs(pred - outs["true"])))
+        rows[name]["spearman"] = _spearman_per_scene(pred, outs["true"])
+        rows[name]["regret"] = _regret(pred, outs["true"])
+    return rows
+
+
+def evaluate(eval_step, params, frozen, batches, rng, train_means=None):
+    """Run ``eval_step`` over ``batches`` (iterable of Scene [B]) -> quality_metrics dict."""
+    outs: dict[str, list] = {}
+    for i, scene in enumerate(batches):
+        o = jax.device_get(eval_step(params, frozen, scene, jax.random.fold_in(rng, i)))
+        for k, v in o.items():
+            if k != "source":
+                outs.setdefault(k, []).append(np.asarray(v))
+    cat = {k: np.concatenate(v) for k, v in outs.items()}
+    result = quality_metrics(cat, train_means)
+    result["rwm"]["num_scenes"] = result["mean_baseline"]["num_scenes"] = int(cat["true"].shape[0])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop (resumable)
+
+def init_state(config, model: rwm_lib.RewardModel, example_scene: types.Scene, rng,
+               policy_tokens=None) -> TrainState:
+    """A fresh TrainState for the RWM (AdamW, warmup-cosine, clipping from ``config.irl``)."""
+    params = rwm_lib.init_params(model, example_scene, rng, policy_tokens=policy_tokens)
+    return TrainState.create(params, make_optimizer(config.irl))
+
+
+def train(config, workdir: str, step_fn, state: TrainState, frozen, batches: Callable[[int], Iterator],
+          *, rng: jax.Array, show_progress: bool = True):
+    """Run ``step_fn`` from the latest checkpoint in ``<workdir>/irl`` to ``irl.num_steps``.
+
+    batches(start_step) -> iterator of Scene batches starting at that step (deterministic, so
+    a resumed run sees the same data as an uninterrupted one); the step's rng is
+    ``fold_in(rng, step)``. Returns (state, running label means for the baseline).
+    """
+    from tqdm import tqdm
+    icfg = config.irl
+    out_dir = os.path.join(workdir, "irl")
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=icfg.keep_ckpts)
+    start, means = 0, {}
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state, start, extra = restored
+        means = dict(extra.get("label_means", {}))
+    writer = tracking.MetricWriter(out_dir)
+    sums = {k: v * start for k, v in means.items()}
+    it = batches(start)
+    bar = tqdm(range(start, icfg.num_steps), initial=start, total=icfg.num_steps, desc="irl",
+               disable=not show_progress)
+    for step in bar:
+        state, metrics = step_fn(state, frozen, next(it), jax.random.fold_in(rng, step))
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        for k, v in m.items():
+            if k.startswith("label/"):
+                sums[k] = sums.get(k, 0.0) + v
+        means = {k: v / (step + 1) for k, v in sums.items()}
+        if (step + 1) % icfg.log_every == 0 or step + 1 == icfg.num_steps:
+            writer.write(step + 1, m)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", pref=f"{m['expert_preferred']:.2f}")
+        if (step + 1) % icfg.ckpt_every == 0 or step + 1 == icfg.num_steps:
+            ckpt.save(step + 1, state, {"label_means": means}, force=True)
+    writer.close()
+    ckpt.close()
+    return state, means
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+def load_il_policy(config, workdir: str):
+    """The frozen stage-1 policy from ``<workdir>/il``: (model, variables with anchors).
+
+    Fails with a clear message when stage 1 has not run.
+    """
+    from irlvla_jax.models import anchors as anchors_lib
+    from irlvla_jax.models import policy as policy_lib
+    il_dir = os.path.join(workdir, "il")
+    ckpt_dir = next((d for d in (os.path.join(il_dir, "checkpoints"), il_dir)
+                     if os.path.isdir(d) and Checkpointer(d).latest_step is not None), None)
+    if ckpt_dir is None:
+        raise SystemExit(f"irl: no stage-1 checkpoint under {il_dir}; run `python launch.py il` "
+                         f"first (stage 2 samples candidates from the IL policy)")
+    model = policy_lib.VLAPolicy(config.model)
+    ck = Checkpointer(ckpt_dir)
+    # Restored as saved (no abstract target): stage 1's optimizer state is not needed here.
+    raw, _, extra = ck.restore(ck.latest_step, None)
+    get = (lambda k: raw[k]) if isinstance(raw, dict) else (lambda k: getattr(raw, k))
+    # Stage 1's TrainState: params + model_state (the anchors and any other collections).
+    variables = {"params": get("params"), **dict(get("model_state") or {})}
+    variables = jax.tree.map(jnp.asarray, variables)
+    if "anchors" not in variables:
+        path = extra.get("anchors_file") or anchors_lib.anchor_path(config)
+        variables = policy_lib.set_anchors(variables, anchors_lib.load_anchors(
+            path, config.model.planner.num_anchors))
+    return model, variables
+
+
+def make_policy_fn(policy_model, num: int):
+    """Samples of the frozen policy: ``num`` modes of one stochastic DDIM chain per scene, the
+    classifier's top ``num`` (policy_vars, scene [B], rng) -> (trajs [B,num,8,3], tokens)."""
+    from irlvla_jax.models import policy as policy_lib
+
+    def fn(variables, scene, rng):
+        tokens = policy_lib.encode(policy_model, variables, scene)
+        chain = policy_lib.plan(policy_model, variables, tokens, rng, stochastic=True)
+        top = jnp.argsort(-chain.mode_logits, axis=-1)[:, :num]
+        trajs = jnp.take_along_axis(chain.trajs, top[..., None, None], axis=1)
+        return jax.lax.stop_gradient(trajs), jax.lax.stop_gradient(tokens)
+    return fn
+
+
+def _eval_batches(config, limit: int):
+    from irlvla_jax.data import loader
+    scenes, _ = loader.load_split_numpy(config, config.data.eval_split, limit)
+    n = scenes.speed_limit.shape[0]
+    b = min(config.data.batch_size, n)
+    for i in range(0, n - b + 1, b):
+        yield jax.tree.map(lambda x: jnp.asarray(x[i:i + b]), scenes)
+
+
+def run(config, workdir: str) -> dict:
+    """Stage 2 end to end: load the IL policy, train the RWM (resumable), evaluate held out.
+
+    Returns the evaluation dict (also written to ``<workdir>/irl/eval.json``).
+    """
+    from irlvla_jax.data import loader
+    icfg = config.irl
+    policy_model, policy_vars = load_il_policy(config, workdir)
+    mesh = parallel.make_mesh(config.mesh)
+    model = rwm_lib.RewardModel(config.rwm)
+    policy_fn = make_policy_fn(policy_model, icfg.num_policy) if icfg.num_policy > 0 else None
+    from irlvla_jax.models import policy as policy_lib
+    frozen = {"vocab": policy_lib.get_anchors(policy_vars), "policy": policy_vars}
+    if icfg.num_vocab > frozen["vocab"].shape[0]:
+        raise ValueError(f"config.irl.num_vocab={icfg.num_vocab} exceeds the policy's "
+                         f"{frozen['vocab'].shape[0]} anchors")
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    example = types.zeros_scene(sizes, (1,), jnp)
+    tokens = None
+    if config.rwm.scene_encoder == "policy":
+        tokens = policy_lib.encode(policy_model, policy_vars, example)
+    rng = jax.random.PRNGKey(config.seed)
+    k_init, k_train, k_eval = jax.random.split(rng, 3)
+    state = init_state(config, model, example, k_init, tokens)
+    frozen = parallel.replicate(frozen, mesh)
+    state = parallel.replicate(state, mesh)
+    step_fn = jit_train_step(make_train_step(config, model, scorer_labels, policy_fn), mesh)
+
+    def batches(start):
+        it = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed,
+                                shuffle=config.data.shuffle, start_step=start)
+        return (scene for scene, _ in it)
+
+    state, means = train(config, workdir, step_fn, state, frozen, batches, rng=k_train)
+    eval_step = jax.jit(make_eval_step(config, model, scorer_labels, policy_fn))
+    limit = None if icfg.eval_scenes < 0 else icfg.eval_scenes
+    result = evaluate(eval_step, state.params, frozen, _eval_batches(config, limit), k_eval, means)
+    result["train_label_means"] = means
+    tracking.write_json(os.path.join(workdir, "irl", "eval.json"), result)
+    tracking.print_table("RWM held-out quality (irl)",
+                         {k: v for k, v in result.items() if k in ("rwm", "mean_baseline")})
+    return result

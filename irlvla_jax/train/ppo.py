@@ -1,0 +1,445 @@
+"""Stage 3: PPO on the diffusion planner (DPPO), rewarded by the reward world model in closed loop.
+
+    python launch.py rl                                   # needs <workdir>/il and <workdir>/irl
+    python launch.py rl --config.ppo.reward=scorer        # ablation / upper bound: true EPDMS
+    python launch.py rl --config.ppo.advantage=group      # GRPO-style baseline, no value head use
+
+One PPO update is ONE compiled program (PureJaxRL style), jitted over the mesh with the scenes on
+'data':
+
+1. rollout (``rollout.py``): B scenes x G samples, T closed-loop planning steps (``lax.scan``),
+   each a stochastic DDIM chain of S denoising steps + the classifier's sampled mode;
+2. rewards: the RWM's predicted EPDMS of each step's plan (and the true scorer's, for logging or
+   as the training reward);
+3. advantages (``advantages.py``): GAE over the T steps with the value head, or the return
+   standardised over the G samples of each scene;
+4. epochs x minibatches (nested ``lax.scan``) of the DPPO loss on the stored chains.
+
+The DPPO loss treats every denoising transition x_s -> x_{s+1} of the chosen mode as a Gaussian
+action (std floored by ``sigma_min_logprob``: the floor is the entropy floor, sampling uses
+``sigma_min_sample``) and the mode choice of the classifier as one more action. Each gets a PPO
+clipped term with its own ratio; the advantage of the planning step is shared across the chain,
+discounted by gamma_denoise^(S-1-s) (the mode choice, like the last step, gets weight 1), and the
+clip range follows a per-step schedule (small for the noisy first steps). A KL term (Schulman's
+k3 estimator on the stored chain's actions) keeps the policy near the frozen IL policy, and a
+value head on the scene tokens is regressed on the GAE returns.
+
+What trains: the diffusion planner (denoiser + mode classifier) and the value head. The scene
+encoders (vision, BEV, detection, map, semantic) stay frozen at their IL values, so the tokens a
+rollout stored are still the policy's tokens during the update, and the RWM is never trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from irlvla_jax import parallel, tracking, types
+from irlvla_jax.models import policy as policy_lib
+from irlvla_jax.models import reward_model as rwm_lib
+from irlvla_jax.models.planner import Chain, SceneTokens
+from irlvla_jax.train import advantages as adv_lib
+from irlvla_jax.train import rollout as rollout_lib
+from irlvla_jax.train.state import TrainState, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Value head.
+
+class ValueHead(nn.Module):
+    """V(scene tokens): pooled BEV / object / map tokens + ego status -> MLP -> scalar."""
+    hidden: int = 128
+
+    @nn.compact
+    def __call__(self, tokens: SceneTokens) -> jax.Array:
+        """tokens [N,...] -> [N] value."""
+        mv = tokens.map_valid.astype(jnp.float32)[..., None]
+        feats = [jnp.mean(tokens.bev, 1), jnp.mean(tokens.obj, 1),
+                 jnp.sum(tokens.map * mv, 1) / jnp.maximum(jnp.sum(mv, 1), 1.0),
+                 tokens.ego_status]
+        h = jnp.concatenate([f.astype(jnp.float32) for f in feats], -1)
+        h = nn.LayerNorm()(h)
+        h = nn.gelu(nn.Dense(self.hidden)(h))
+        h = nn.gelu(nn.Dense(self.hidden)(h))
+        return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[..., 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and variables.
+
+def rl_model_config(config):
+    """``config.model`` with the planner's chain noise (eta, sigma floors) taken from
+    ``config.ppo``: RL samples and re-evaluates chains with the same floors."""
+    m = copy.deepcopy(config.model)
+    with m.unlocked() if hasattr(m, "unlocked") else _nullcontext():
+        m.planner.eta = float(config.ppo.eta)
+        m.planner.sigma_min_sample = float(config.ppo.sigma_min_sample)
+        m.planner.sigma_min_logprob = float(config.ppo.sigma_min_logprob)
+    return m
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def policy_variables(frozen_policy: Mapping[str, Any], params: Mapping[str, Any]) -> dict:
+    """The policy's variables with the trained planner: frozen IL variables
+    (``{'params', 'anchors', ...}``) whose ``params['planner']`` is replaced by
+    ``params['planner']``."""
+    p = dict(frozen_policy["params"])
+    p["planner"] = params["planner"]
+    return {**frozen_policy, "params": p}
+
+
+def init_state(config, frozen_policy: Mapping[str, Any], tokens: SceneTokens, rng: jax.Array
+               ) -> TrainState:
+    """PPO TrainState: params = {'planner': the IL planner's params, 'value': a fresh head}.
+
+    tokens: example SceneTokens [N,...] (shapes only)."""
+    value = ValueHead(int(config.ppo.value_hidden)).init(rng, tokens)["params"]
+    params = {"planner": frozen_policy["params"]["planner"], "value": value}
+    return TrainState.create(params, make_optimizer(
+        config.ppo, total_steps=max(1, config.ppo.num_updates * config.ppo.epochs *
+                                    config.ppo.minibatches)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rewards.
+
+def make_reward_fn(rwm_model: rwm_lib.RewardModel | None, rwm_params, use_scorer: bool
+                   ) -> rollout_lib.RewardFn:
+    """reward_fn(scene [N], plans [N,8,3], tokens) -> {'rwm': [N], 'scorer': [N]} (each when
+    available). EC is not counted in closed loop (weight 0): a step's previous plan is another
+    chain's, not a logged frame."""
+    def fn(scene, plans, tokens):
+        out = {}
+        if rwm_model is not None:
+            pt = tokens if rwm_model.cfg.scene_encoder == "policy" else None
+            pred = rwm_lib.apply(rwm_model, rwm_params, scene, plans[:, None], pt)
+            out["rwm"] = pred.reward(jnp.zeros(plans.shape[:1], jnp.float32))[:, 0]
+        if use_scorer:
+            from irlvla_jax.sim import scorer
+            sub, _ = scorer.score(scene, plans[:, None])
+            out["scorer"] = sub.replace(ec_weight=jnp.zeros_like(sub.ec_weight)).epdms()[:, 0]
+        return out
+    return fn
+
+
+# ----------------------------------------------------------------------------------------------
+# The DPPO objective.
+
+def clipped_objective(logp: jax.Array, old_logp: jax.Array, adv: jax.Array, clip: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
+    """PPO's clipped surrogate per action (to be maximised).
+
+    logp, old_logp, adv: [...]; clip: broadcastable to [...] (the per-step clip range).
+    Returns (objective [...] = min(r A, clip(r, 1-c, 1+c) A), clipped [...] bool: where the
+    clipped branch is active, i.e. where the gradient vanishes).
+    """
+    ratio = jnp.exp(logp - old_logp)
+    unclipped = ratio * adv
+    clipped = jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * adv
+    return jnp.minimum(unclipped, clipped), clipped < unclipped
+
+
+class Batch(NamedTuple):
+    """What the learning phase reads, one row per (planning step, sample): leaves [R,...]."""
+    tokens: SceneTokens
+    chain: Chain
+    old_logp: jax.Array       # [R,S+1] chain steps + mode, at rollout time
+    il_logp: jax.Array        # [R,S+1] under the frozen IL policy (for the KL term)
+    adv: jax.Array            # [R]
+    ret: jax.Array            # [R] value target
+
+
+def action_logprobs(model, variables, tokens: SceneTokens, chain: Chain
+                    ) -> tuple[jax.Array, jax.Array]:
+    """[R,S+1] log-probs of a stored chain's actions (S denoising transitions + the mode
+    choice) under ``variables``, and the classifier entropy [R]."""
+    lp, mode_lp, ent = policy_lib.evaluate_chain(model, variables, tokens, chain)
+    return jnp.concatenate([lp, mode_lp[:, None]], -1), ent
+
+
+def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
+             ) -> tuple[jax.Array, dict]:
+    """DPPO loss of a minibatch (scalar) and its metrics. cfg = ``config.ppo``."""
+    variables = policy_variables(frozen_policy, params)
+    logp, entropy = action_logprobs(model, variables, mb.tokens, mb.chain)        # [R,S+1]
+    s = logp.shape[-1] - 1
+    adv = jnp.concatenate([adv_lib.chain_advantages(mb.adv, s, cfg.gamma_denoise),
+                           mb.adv[:, None]], -1)
+    clip = adv_lib.clip_schedule(s, cfg.clip_first, cfg.clip_last, cfg.clip_rate)
+    clip = jnp.concatenate([clip, clip[-1:]])
+    obj, was_clipped = clipped_objective(logp, mb.old_logp, adv, clip)
+    pg_loss = -jnp.mean(obj)
+    d = mb.il_logp - logp
+    kl = jnp.mean(jnp.exp(d) - 1.0 - d)            # k3 estimate of KL(pi || pi_IL)
+    value = value_head.apply({"params": params["value"]}, mb.tokens)
+    v_loss = 0.5 * jnp.mean((value - mb.ret) ** 2)
+    loss = pg_loss + cfg.kl_coef * kl + cfg.vf_coef * v_loss
+    log_ratio = logp - mb.old_logp
+    return loss, {"loss": loss, "pg_loss": pg_loss, "kl_il": kl, "value_loss": v_loss,
+                  "clip_frac": jnp.mean(was_clipped.astype(jnp.float32)),
+                  "approx_kl_old": jnp.mean(jnp.exp(log_ratio) - 1.0 - log_ratio),
+                  "mode_entropy": jnp.mean(entropy)}
+
+
+# ----------------------------------------------------------------------------------------------
+# One update = one program.
+
+def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.RewardFn
+                ) -> Callable:
+    """``update(state, frozen, scene [B], rng) -> (state, metrics)`` (pure; jit it with
+    :func:`jit_update`). frozen = {'policy': IL variables}; metrics are scalars."""
+    cfg = config.ppo
+    g, horizon = int(cfg.group_size), int(cfg.horizon)
+    value_head = ValueHead(int(cfg.value_hidden))
+    if cfg.advantage not in ("gae", "group"):
+        raise ValueError(f"config.ppo.advantage = {cfg.advantage!r}: expected 'gae' or 'group'")
+
+    def update(state: TrainState, frozen, scene: types.Scene, rng: jax.Array):
+        k_roll, k_perm = jax.random.split(rng)
+        b = scene.speed_limit.shape[0]
+        variables = policy_variables(frozen["policy"], state.params)
+        traj, _ = rollout_lib.rollout(model, variables, scene, k_roll, reward_fn,
+                                      num_steps=horizon, group_size=g)
+        if cfg.reward not in traj.rewards:
+            raise ValueError(f"config.ppo.reward = {cfg.reward!r} is not computed; available: "
+                             f"{sorted(traj.rewards)}")
+        rewards = traj.rewards[cfg.reward]                                       # [T,N]
+        n = rewards.shape[1]
+        flat = lambda x: x.reshape(horizon * n, *x.shape[2:])                    # noqa: E731
+        tokens = jax.tree.map(flat, traj.tokens)
+        chain = jax.tree.map(flat, traj.chain)
+        values = value_head.apply({"params": state.params["value"]}, tokens).reshape(horizon, n)
+        if cfg.advantage == "gae":
+            adv, ret = adv_lib.gae(rewards, values, cfg.gamma, cfg.gae_lambda)
+            if cfg.normalize_advantages:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-6)
+        else:
+            ret = adv_lib.discounted_returns(rewards, cfg.gamma)
+            adv = adv_lib.group_normalize(ret.reshape(horizon, b, g)).reshape(horizon, n)
+        old_logp = jnp.concatenate([chain.logprob, chain.mode_logprob[:, None]], -1)
+        il_logp, _ = action_logprobs(model, frozen["policy"], tokens, chain)
+        data = Batch(tokens=tokens, chain=chain, old_logp=old_logp,
+                     il_logp=jax.lax.stop_gradient(il_logp), adv=flat(adv), ret=flat(ret))
+
+        rows = horizon * n
+        mbs = int(cfg.minibatches)
+        if rows % mbs:
+            raise ValueError(f"config.ppo.minibatches={mbs} does not divide the {rows} rows "
+                             f"(horizon x batch x group_size) of an update")
+        grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
+
+        def epoch(st, key):
+            perm = jax.random.permutation(key, rows)
+            shuffled = jax.tree.map(lambda x: x[perm].reshape(mbs, rows // mbs, *x.shape[1:]),
+                                    data)
+
+            def minibatch(st2, mb):
+                (_, m), grads = grad_fn(st2.params, model, value_head, frozen["policy"], mb, cfg)
+                m["grad_norm"] = optax.tree.norm(grads)
+                return st2.apply_gradients(grads), m
+
+            return jax.lax.scan(minibatch, st, shuffled)
+
+        state, learn = jax.lax.scan(epoch, state, jax.random.split(k_perm, int(cfg.epochs)))
+        metrics = {k: jnp.mean(v) for k, v in learn.items()}
+        metrics.update({f"reward/{k}": jnp.mean(v) for k, v in traj.rewards.items()})
+        metrics.update({f"reward_first_step/{k}": jnp.mean(v[0]) for k, v in traj.rewards.items()})
+        metrics["value_mean"] = jnp.mean(values)
+        metrics["return_mean"] = jnp.mean(ret)
+        metrics["adv_std"] = jnp.std(adv)
+        metrics["plan_progress_m"] = jnp.mean(traj.chain.traj[..., -1, 0])
+        return state, metrics
+
+    return update
+
+
+def jit_update(update: Callable, mesh=None) -> Callable:
+    """Jit an update; with a mesh: state / frozen / rng replicated, scenes on 'data'."""
+    if mesh is None:
+        return jax.jit(update, donate_argnums=0)
+    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(update, in_shardings=(rep, rep, dat, rep), out_shardings=(rep, rep),
+                   donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic planning (evaluation).
+
+def make_plan_fn(model: policy_lib.VLAPolicy) -> Callable:
+    """Jitted ``plan(variables, scene [B]) -> [B,8,3]``: the DDIM means (eta 0, no sampling
+    noise) and the classifier's best mode."""
+    @jax.jit
+    def plan(variables, scene):
+        tokens = policy_lib.encode(model, variables, scene)
+        return policy_lib.plan(model, variables, tokens, jax.random.PRNGKey(0),
+                               stochastic=False, eta=0.0).traj
+    return plan
+
+
+def as_planner(plan_fn: Callable, variables) -> Callable:
+    """A host planner for ``evaluate``: Scene [B] (numpy or jax) -> np.ndarray [B,8,3]."""
+    def planner(scene):
+        return np.asarray(plan_fn(variables, jax.tree.map(jnp.asarray, scene)))
+    return planner
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading the previous stages.
+
+def _latest_dir(stage_dir: str) -> str | None:
+    from irlvla_jax.checkpoint import Checkpointer
+    for d in (os.path.join(stage_dir, "checkpoints"), stage_dir):
+        if os.path.isdir(d) and Checkpointer(d).latest_step is not None:
+            return d
+    return None
+
+
+def load_previous_stages(config, workdir: str):
+    """(IL policy model, IL variables, RWM model, RWM params) from ``<workdir>/il`` and
+    ``<workdir>/irl``; a clear error naming the stage to run when one is missing."""
+    from irlvla_jax.checkpoint import Checkpointer
+    for stage in ("il", "irl"):
+        if _latest_dir(os.path.join(workdir, stage)) is None:
+            raise SystemExit(f"rl: no stage-{1 if stage == 'il' else 2} checkpoint under "
+                             f"{os.path.join(workdir, stage)}; run `python launch.py {stage}` "
+                             f"first (stage 3 fine-tunes the IL policy against the RWM)")
+    from irlvla_jax.train import irl
+    _, il_vars = irl.load_il_policy(config, workdir)
+    ck = Checkpointer(_latest_dir(os.path.join(workdir, "irl")))
+    raw, _, _ = ck.restore(ck.latest_step, None)
+    rwm_params = raw["params"] if isinstance(raw, dict) else raw.params
+    rwm_params = jax.tree.map(jnp.asarray, rwm_params)
+    return policy_lib.VLAPolicy(rl_model_config(config)), il_vars, \
+        rwm_lib.RewardModel(config.rwm), rwm_params
+
+
+def _example_tokens(model, il_vars, config) -> SceneTokens:
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    example = types.zeros_scene(sizes, (1,), jnp)
+    return jax.eval_shape(lambda v, s: policy_lib.encode(model, v, s).replace(aux={}),
+                          il_vars, example)
+
+
+def load_planner(config, workdir: str) -> Callable[[types.Scene], np.ndarray]:
+    """The latest RL policy under ``<workdir>/rl`` as a deterministic planner:
+    Scene [B] (numpy or jax) -> np.ndarray [B,8,3]."""
+    from irlvla_jax.checkpoint import Checkpointer
+    from irlvla_jax.train import irl
+    rl_dir = _latest_dir(os.path.join(workdir, "rl"))
+    if rl_dir is None:
+        raise FileNotFoundError(f"no RL checkpoint under {os.path.join(workdir, 'rl')}; run "
+                                f"`python launch.py rl` first")
+    _, il_vars = irl.load_il_policy(config, workdir)
+    model = policy_lib.VLAPolicy(rl_model_config(config))
+    tokens = _example_tokens(model, il_vars, config)
+    state = jax.eval_shape(lambda t: init_state(config, il_vars, t, jax.random.PRNGKey(0)),
+                           tokens)
+    ck = Checkpointer(rl_dir)
+    state, _, _ = ck.restore_latest(state)
+    return as_planner(make_plan_fn(model), policy_variables(il_vars, state.params))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+def train(config, workdir: str, update_fn: Callable, state: TrainState, frozen,
+          batches: Callable[[int], Any], *, rng: jax.Array, show_progress: bool = True
+          ) -> TrainState:
+    """Run ``update_fn`` from the latest checkpoint in ``<workdir>/rl/checkpoints`` to
+    ``ppo.num_updates``. batches(start) -> iterator of Scene [B] from update ``start`` on
+    (deterministic); update u uses ``fold_in(rng, u)``, so a resumed run repeats an
+    uninterrupted one. Writes metrics.jsonl; returns the final state."""
+    from tqdm import tqdm
+
+    from irlvla_jax.checkpoint import Checkpointer
+    cfg = config.ppo
+    out_dir = os.path.join(workdir, "rl")
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=cfg.keep_ckpts)
+    start = 0
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state, start, _ = restored
+        log.info("rl: resumed from update %d", start)
+    writer = tracking.MetricWriter(out_dir)
+    it = batches(start)
+    rows = config.data.batch_size * cfg.group_size * cfg.horizon
+    bar = tqdm(range(start, cfg.num_updates), initial=start, total=cfg.num_updates, desc="rl",
+               disable=not show_progress)
+    for u in bar:
+        t0 = time.time()
+        state, metrics = update_fn(state, frozen, next(it), jax.random.fold_in(rng, u))
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        m["scene_samples_per_s"] = config.data.batch_size * cfg.group_size / (time.time() - t0)
+        m["rows_per_update"] = rows
+        if (u + 1) % cfg.log_every == 0 or u + 1 == cfg.num_updates:
+            writer.write(u + 1, m)
+            bar.set_postfix({k.split("/")[-1]: f"{m[k]:.3f}" for k in m
+                             if k.startswith("reward/")})
+        if (u + 1) % cfg.ckpt_every == 0 or u + 1 == cfg.num_updates:
+            ckpt.save(u + 1, state, {"stage": "rl"}, force=True)
+    writer.close()
+    ckpt.close()
+    return state
+
+
+def run(config, workdir: str) -> dict:
+    """``python launch.py rl``: fine-tune the IL policy with PPO against the RWM, evaluate the
+    RL policy's true EPDMS on the held-out split next to the IL policy's, write
+    ``<workdir>/rl/eval.json`` and print the table. Returns the eval dict."""
+    from irlvla_jax import evaluate
+    from irlvla_jax.data import loader
+    cfg = config.ppo
+    model, il_vars, rwm_model, rwm_params = load_previous_stages(config, workdir)
+    mesh = parallel.make_mesh(config.mesh)
+    parallel.check_batch_divisible(config.data.batch_size, mesh)
+    rng = jax.random.PRNGKey(config.seed)
+    k_init, k_train = jax.random.split(jax.random.fold_in(rng, 3))
+    tokens = _example_tokens(model, il_vars, config)
+    state = init_state(config, il_vars, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                     tokens), k_init)
+    use_scorer = cfg.reward == "scorer" or bool(cfg.log_scorer)
+    reward_fn = make_reward_fn(rwm_model, rwm_params, use_scorer)
+    update = jit_update(make_update(config, model, reward_fn), mesh)
+    frozen = parallel.replicate({"policy": il_vars}, mesh)
+    state = parallel.replicate(state, mesh)
+
+    def batches(start):
+        it = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed + 3,
+                                shuffle=config.data.shuffle, start_step=start)
+        return (scene for scene, _ in it)
+
+    state = train(config, workdir, update, state, frozen, batches, rng=k_train)
+
+    limit = None if cfg.eval_scenes < 0 else cfg.eval_scenes
+    scenes, _ = loader.load_split_numpy(config, config.data.eval_split, limit)
+    plan_fn = make_plan_fn(model)
+    rl_vars = policy_variables(il_vars, jax.device_get(state.params))
+    table, _ = evaluate.evaluate_planners({"il_policy": as_planner(plan_fn, il_vars),
+                                           "rl_policy": as_planner(plan_fn, rl_vars)}, scenes)
+    result = {"split": config.data.eval_split, "reward": cfg.reward,
+              "advantage": cfg.advantage, "horizon": cfg.horizon,
+              "epdms": table["rl_policy"]["epdms"], "policies": table}
+    result.update({k: table["rl_policy"][k] for k in types.SUBSCORE_NAMES})
+    tracking.write_json(os.path.join(workdir, "rl", "eval.json"), result)
+    tracking.print_table(f"EPDMS on {config.data.eval_split} (rl: reward={cfg.reward}, "
+                         f"advantage={cfg.advantage}, T={cfg.horizon})", table,
+                         evaluate.COLUMNS)
+    return result

@@ -1,0 +1,180 @@
+"""Stage 3 mechanics (irlvla_jax/train/ppo.py): the clipped objective, ratio = 1 on fresh
+chains, the KL term alone with zero advantage, sharded == single device, resume."""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ppo_scenes
+from irlvla_jax import parallel
+from irlvla_jax.models import policy as policy_lib
+from irlvla_jax.models import reward_model as rwm_lib
+from irlvla_jax.train import ppo
+from irlvla_jax.train import rollout as ro
+from irlvla_jax.train.state import TrainState
+
+B = 2
+
+
+def _config():
+    c = ppo_scenes.small_config()
+    c.data.batch_size = B
+    c.rwm.update(dict(d_model=16, num_heads=2, mlp_dim=32, num_blocks=1))
+    c.ppo.update(dict(group_size=2, horizon=1, epochs=1, minibatches=2, num_updates=2,
+                      log_scorer=False, value_hidden=16, lr=1e-3, ckpt_every=1, log_every=1))
+    return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = _config()
+    model = policy_lib.VLAPolicy(ppo.rl_model_config(config))
+    scene = jax.tree.map(jnp.asarray, ppo_scenes.road_scenes(B, seed=3))
+    il_vars = jax.jit(lambda r: policy_lib.init_variables(model, scene, r))(
+        jax.random.PRNGKey(0))
+    rwm = rwm_lib.RewardModel(config.rwm)
+    rwm_params = rwm_lib.init_params(rwm, scene, jax.random.PRNGKey(1))
+    reward_fn = ppo.make_reward_fn(rwm, rwm_params, use_scorer=False)
+    tokens = jax.eval_shape(lambda: policy_lib.encode(model, il_vars, scene).replace(aux={}))
+    tokens = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tokens)
+    state = ppo.init_state(config, il_vars, tokens, jax.random.PRNGKey(2))
+    # SGD with momentum instead of the stage's AdamW: Adam's first steps are +-lr whatever the
+    # gradient's size, which would turn float reduction-order noise into sign flips in the
+    # sharded == single-device comparison; SGD keeps parameter updates proportional to it.
+    state = TrainState.create(state.params, optax.sgd(0.05, momentum=0.9))
+    update = ppo.make_update(config, model, reward_fn)
+    return dict(config=config, model=model, scene=scene, il_vars=il_vars, state=state,
+                update=update, reward_fn=reward_fn, jitted=ppo.jit_update(update))
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+def test_clipped_objective_gradient_vanishes_outside_the_clip_range():
+    old = jnp.zeros(4)
+    clip = 0.1
+    # ratios 1.5 (above 1 + clip) and 0.5 (below 1 - clip), positive then negative advantage
+    logp = jnp.log(jnp.asarray([1.5, 1.05, 0.5, 0.95]))
+    for adv, dead in ((1.0, [True, False, False, False]), (-1.0, [False, False, True, False])):
+        a = jnp.full(4, adv)
+        g = jax.grad(lambda lp: jnp.sum(ppo.clipped_objective(lp, old, a, clip)[0]))(logp)
+        g = np.asarray(g)
+        np.testing.assert_array_equal(g == 0.0, dead)
+        _, was_clipped = ppo.clipped_objective(logp, old, a, clip)
+        np.testing.assert_array_equal(np.asarray(was_clipped), dead)
+    # a ratio below 1 - clip with a positive advantage is not clipped (PPO's pessimism)
+    g = jax.grad(lambda lp: jnp.sum(ppo.clipped_objective(lp, old, jnp.ones(4), clip)[0]))(logp)
+    assert g[2] != 0.0
+
+
+@pytest.fixture(scope="module")
+def probe(setup):
+    """One compiled program: a rollout, the re-evaluated log-probs of its chains, and the loss
+    gradients with zero advantage at perturbed planner params."""
+    s = setup
+    cfg = s["config"].ppo
+    cfg_kl_only = copy.deepcopy(cfg)
+    cfg_kl_only.update(dict(vf_coef=0.0))
+    cfg_no_kl = copy.deepcopy(cfg_kl_only)
+    cfg_no_kl.update(dict(kl_coef=0.0))
+    value_head = ppo.ValueHead(cfg.value_hidden)
+
+    @jax.jit
+    def fn(params, il_vars, scene, rng, noise_rng):
+        traj, _ = ro.rollout(s["model"], ppo.policy_variables(il_vars, params), scene, rng,
+                             s["reward_fn"], num_steps=1, group_size=cfg.group_size)
+        tokens = jax.tree.map(lambda x: x[0], traj.tokens)
+        chain = jax.tree.map(lambda x: x[0], traj.chain)
+        stored = jnp.concatenate([chain.logprob, chain.mode_logprob[:, None]], -1)
+        again, _ = ppo.action_logprobs(s["model"], ppo.policy_variables(il_vars, params),
+                                       tokens, chain)
+        il_logp, _ = ppo.action_logprobs(s["model"], il_vars, tokens, chain)
+        n = stored.shape[0]
+        mb = ppo.Batch(tokens=tokens, chain=chain, old_logp=stored, il_logp=il_logp,
+                       adv=jnp.zeros(n), ret=jnp.zeros(n))
+        leaves, tdef = jax.tree.flatten(params["planner"])
+        keys = jax.random.split(noise_rng, len(leaves))
+        moved = {**params, "planner": jax.tree.unflatten(tdef, [
+            x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])}
+        grads = {}
+        for name, c in (("kl", cfg_kl_only), ("none", cfg_no_kl)):
+            grads[name] = jax.grad(lambda p: ppo.ppo_loss(p, s["model"], value_head, il_vars,
+                                                          mb, c)[0])(moved)
+
+        def kl_only(p):       # the BC/KL term written out on its own
+            lp = ppo.action_logprobs(s["model"], ppo.policy_variables(il_vars, p), tokens,
+                                     chain)[0]
+            return cfg.kl_coef * jnp.mean(jnp.exp(il_logp - lp) - 1.0 - (il_logp - lp))
+
+        kl_term = jax.grad(kl_only)(moved)
+        return stored, again, grads, kl_term
+
+    return fn(s["state"].params, s["il_vars"], s["scene"], jax.random.PRNGKey(5),
+              jax.random.PRNGKey(6))
+
+
+def test_ratio_is_one_before_the_first_update(probe):
+    stored, again, _, _ = probe
+    np.testing.assert_allclose(np.asarray(again), np.asarray(stored), atol=1e-5)
+    assert stored.shape[-1] == 3            # 2 denoising steps + the mode choice
+
+
+def test_zero_advantage_moves_the_policy_only_by_the_kl_term(probe):
+    _, _, grads, kl_term = probe
+    none = jax.tree.leaves(grads["none"]["planner"])
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in none)
+    with_kl = jax.tree.leaves(grads["kl"]["planner"])
+    assert max(float(jnp.max(jnp.abs(g))) for g in with_kl) > 1e-6
+    for a, b in zip(with_kl, jax.tree.leaves(kl_term["planner"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
+
+
+def test_update_runs_and_sharded_equals_single_device(setup):
+    s = setup
+    rng = jax.random.PRNGKey(7)
+    single, m1 = s["jitted"](_copy(s["state"]), {"policy": s["il_vars"]}, s["scene"], rng)
+    for k in ("loss", "pg_loss", "kl_il", "value_loss", "reward/rwm"):
+        assert np.isfinite(float(m1[k])), k
+    assert "scorer" not in str(m1.keys())
+    # the planner moved
+    moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(single.params["planner"]), jax.tree.leaves(s["state"].params["planner"]))]
+    assert max(moved) > 0.0
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 1}, jax.devices()[:2])
+    sharded_fn = ppo.jit_update(s["update"], mesh)
+    st = parallel.replicate(_copy(s["state"]), mesh)
+    sharded, m2 = sharded_fn(st, parallel.replicate({"policy": s["il_vars"]}, mesh),
+                             parallel.shard_batch(jax.device_get(s["scene"]), mesh), rng)
+    for p0, a, b in zip(jax.tree.leaves(s["state"].params), jax.tree.leaves(single.params),
+                        jax.tree.leaves(sharded.params)):
+        d1, d2 = np.asarray(a - p0), np.asarray(b - p0)
+        np.testing.assert_allclose(d2, d1, rtol=1e-2, atol=1e-3 * np.abs(d1).max() + 1e-8)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-4, atol=1e-6)
+
+
+def test_resume_repeats_an_uninterrupted_run(setup, tmp_path):
+    s = setup
+    frozen = {"policy": s["il_vars"]}
+
+    def batches(start):
+        while True:
+            yield s["scene"]
+
+    def run(workdir, n):
+        c = copy.deepcopy(s["config"])
+        c.ppo.num_updates = n
+        return ppo.train(c, str(workdir), s["jitted"], _copy(s["state"]), frozen, batches,
+                         rng=jax.random.PRNGKey(9), show_progress=False)
+
+    full = run(tmp_path / "a", 2)
+    run(tmp_path / "b", 1)
+    resumed = run(tmp_path / "b", 2)
+    assert int(resumed.step) == int(full.step) == 2 * s["config"].ppo.minibatches
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert (tmp_path / "b" / "rl" / "metrics.jsonl").read_text().count("\n") == 2

@@ -1,0 +1,142 @@
+"""The reward world model and its candidates: shapes, sharing of the scene, features."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import scorer_scenes as ss
+from irlvla_jax.models import reward_model as R
+from irlvla_jax.models.planner import SceneTokens
+from irlvla_jax.train import candidates as C
+
+B, K = 2, 5
+
+
+def rwm_cfg(encoder="vector"):
+    return ml_collections.ConfigDict(dict(scene_encoder=encoder, d_model=32, num_heads=4,
+                                          mlp_dim=64, scene_layers=1, num_blocks=1,
+                                          dtype="float32"))
+
+
+def batch_scene():
+    scenes = [ss.road_scene(speed=v) for v in (4.0, 10.0)]
+    ss.add_agent(scenes[0], 0, 20.0, 0.0, 3.0)
+    return jax.tree.map(lambda *x: jnp.stack(x), *[ss.as_jnp(s) for s in scenes])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = R.RewardModel(rwm_cfg())
+    scene = batch_scene()
+    params = R.init_params(model, scene, jax.random.PRNGKey(0))
+    trajs = jax.random.normal(jax.random.PRNGKey(1), (B, K, 8, 3)) * 3.0
+    apply = jax.jit(lambda p, s, t: R.apply(model, p, s, t))
+    return model, scene, params, trajs, apply
+
+
+@pytest.fixture(scope="module")
+def split_fns(setup):
+    model = setup[0]
+    return (jax.jit(lambda p, s: R.encode_scene(model, p, s)),
+            jax.jit(lambda p, c, t: R.score_candidates(model, p, c, t)))
+
+
+def test_shapes_and_reward_range(setup):
+    model, scene, params, trajs, apply = setup
+    pred = apply(params, scene, trajs)
+    assert pred.nc_logits.shape == (B, K, 3) and pred.ddc_logits.shape == (B, K, 3)
+    assert pred.binary_logits.shape == (B, K, len(R.BINARY_METRICS))
+    assert pred.ep_logit.shape == (B, K)
+    r = pred.reward(jnp.ones((B,)))
+    assert r.shape == (B, K)
+    assert np.all((r >= 0) & (r <= 1))
+    sub = pred.subscores(jnp.zeros((B,)))
+    np.testing.assert_allclose(sub.epdms(), pred.reward(jnp.zeros((B,))), rtol=1e-6)
+    assert sub.stack().shape == (B, K, 9)
+
+
+def test_encode_once_score_many_matches_apply_and_candidates_are_independent(setup, split_fns):
+    model, scene, params, trajs, apply = setup
+    encode, score = split_fns
+    full = apply(params, scene, trajs)
+    ctx = encode(params, scene)
+    split = score(params, ctx, trajs)
+    np.testing.assert_allclose(split.binary_logits, full.binary_logits, atol=1e-5)
+    # A candidate's score does not depend on which other candidates are scored with it.
+    one = score(params, ctx, trajs[:, 2:3])
+    np.testing.assert_allclose(one.ep_logit[:, 0], full.ep_logit[:, 2], atol=1e-5)
+    # ...but it does depend on the scene (the second scene has an agent ahead).
+    swapped = apply(params, jax.tree.map(lambda x: x[::-1], scene), trajs)
+    assert not np.allclose(swapped.binary_logits, full.binary_logits, atol=1e-4)
+
+
+def test_policy_tokens_encoder_is_frozen():
+    model = R.RewardModel(rwm_cfg("policy"))
+    scene = batch_scene()
+    d = 16
+    ks = jax.random.split(jax.random.PRNGKey(2), 4)
+    tokens = SceneTokens(meta=None, meta_logits=None, bev=jax.random.normal(ks[0], (B, 6, d)),
+                         bev_map=None, map=jax.random.normal(ks[1], (B, 4, d)),
+                         map_valid=jnp.ones((B, 4), bool), obj=jax.random.normal(ks[2], (B, 3, d)),
+                         ego_status=jax.random.normal(ks[3], (B, 20)))
+    params = R.init_params(model, scene, jax.random.PRNGKey(0), policy_tokens=tokens)
+    trajs = jnp.zeros((B, K, 8, 3))
+
+    def total(bev):
+        pred = R.apply(model, params, scene, trajs, tokens.replace(bev=bev))
+        return pred.ep_logit.sum(), pred
+
+    (_, pred), g = jax.jit(jax.value_and_grad(total, has_aux=True))(tokens.bev)
+    assert pred.ep_logit.shape == (B, K)
+    assert float(jnp.abs(g).sum()) == 0.0          # stop_gradient: the policy stays frozen
+    with pytest.raises(ValueError, match="policy"):
+        R.apply(model, params, scene, trajs, None)
+
+
+def test_trajectory_features_of_steady_driving():
+    t = 0.5 * np.arange(1, 9)
+    traj = jnp.asarray(np.stack([10.0 * t, np.zeros(8), np.zeros(8)], -1))
+    f = R.trajectory_features(traj)
+    np.testing.assert_allclose(f[:, 4], 1.0, atol=1e-6)       # 10 m/s / 10
+    np.testing.assert_allclose(f[:, 5], 0.0, atol=1e-6)       # no yaw rate
+    np.testing.assert_allclose(f[:, 6], 0.0, atol=1e-6)       # no acceleration
+
+
+# ----------------------------------------------------------------------------------------------
+PERTURB = dict(lateral_m=3.0, speed_range=(0.5, 1.5), heading_rad=0.3, noise_m=0.5)
+
+
+def test_candidates_layout_and_perturbations():
+    scene = batch_scene()
+    expert = scene.expert_future[:, :8]
+    vocab = jax.random.normal(jax.random.PRNGKey(3), (6, 8, 3)) * 5.0
+    policy = jnp.ones((B, 3, 8, 3))
+    make = jax.jit(C.make_candidates, static_argnums=(4, 5, 6))
+    trajs, source = make(expert, vocab, policy, jax.random.PRNGKey(0), 4, 8,
+                         tuple(sorted(PERTURB.items())))
+    assert trajs.shape == (B, 1 + 4 + 3 + 8, 8, 3)
+    np.testing.assert_array_equal(source, [0] + [1] * 4 + [2] * 3 + [3] * 8)
+    np.testing.assert_allclose(trajs[:, 0], expert)
+    np.testing.assert_allclose(trajs[:, 5:8], policy)
+    # Vocabulary slots are distinct anchors.
+    for b in range(B):
+        voc = np.asarray(trajs[b, 1:5]).reshape(4, -1)
+        assert len({tuple(np.round(v, 4)) for v in voc}) == 4
+        assert all(np.isclose(np.asarray(vocab).reshape(6, -1), v).all(-1).any() for v in voc)
+    # Every perturbation differs from the expert.
+    pert = np.asarray(trajs[:, 8:])
+    assert (np.abs(pert - np.asarray(expert)[:, None]).max(axis=(2, 3)) > 1e-3).all()
+
+
+def test_perturbation_kinds_do_what_they_say():
+    expert = batch_scene().expert_future[:1, :8]            # 4 m/s straight along x
+    np.testing.assert_allclose(C._speed(expert, jnp.ones((1,))), expert, atol=1e-5)
+    fast = C._speed(expert, jnp.full((1,), 1.5))
+    np.testing.assert_allclose(fast[0, -1, 0], 1.5 * expert[0, -1, 0], rtol=1e-5)
+    left = C._lateral(expert, jnp.full((1,), 2.0))
+    np.testing.assert_allclose(left[0, -1, 1], 2.0, atol=1e-5)   # full offset at 4 s
+    np.testing.assert_allclose(C._heading(expert, jnp.zeros((1,))), expert, atol=1e-6)
+    turned = C._heading(expert, jnp.full((1,), 0.3))
+    np.testing.assert_allclose(turned[0, :, 2], 0.3, atol=1e-6)

@@ -1,0 +1,115 @@
+"""The closed loop of stage 3 (irlvla_jax/train/rollout.py): executed ego motion, log-replayed
+agents, re-observation without re-rendering."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ppo_scenes
+from irlvla_jax import geometry
+from irlvla_jax.models import policy as policy_lib
+from irlvla_jax.sim import simulate, trajectory
+from irlvla_jax.train import ppo
+from irlvla_jax.train import rollout as ro
+
+T, G, B = 3, 2, 2
+
+
+def progress_reward(scene, plans, tokens):
+    return {"progress": plans[:, -1, 0] / 40.0}
+
+
+@pytest.fixture(scope="module")
+def loop():
+    config = ppo_scenes.small_config()
+    model = policy_lib.VLAPolicy(ppo.rl_model_config(config))
+    scene = jax.tree.map(jnp.asarray, ppo_scenes.road_scenes(B))
+    variables = jax.jit(lambda r: policy_lib.init_variables(model, scene, r))(
+        jax.random.PRNGKey(0))
+    traj, final = jax.jit(lambda v, s, r: ro.rollout(model, v, s, r, progress_reward,
+                                                     num_steps=T, group_size=G))(
+        variables, scene, jax.random.PRNGKey(1))
+    return dict(model=model, variables=variables, scene=scene, traj=traj, final=final)
+
+
+def test_shapes_and_rewards(loop):
+    traj = loop["traj"]
+    n = B * G
+    assert traj.chain.traj.shape == (T, n, 8, 3)
+    assert traj.states.shape == (T, n, ro.STEPS_PER_PLAN + 1, 11)
+    np.testing.assert_allclose(traj.rewards["progress"], traj.chain.traj[..., -1, 0] / 40.0)
+    # G independent samples of one scene differ (the chain is stochastic)
+    assert not np.allclose(traj.chain.traj[0, 0], traj.chain.traj[0, 1])
+
+
+def test_executed_states_are_the_bicycle_integration_of_the_plans(loop):
+    traj = loop["traj"]
+    sim = jax.jit(jax.vmap(lambda plan, s0: simulate.simulate(
+        trajectory.reference_poses(plan), s0)))
+    full = sim(traj.chain.traj.reshape(-1, 8, 3), traj.states[:, :, 0].reshape(-1, 11))
+    np.testing.assert_allclose(traj.states.reshape(T * B * G, -1, 11),
+                               full[:, :ro.STEPS_PER_PLAN + 1], atol=1e-4)
+    # each step starts where the previous one ended (same speed / steering, new frame) ...
+    np.testing.assert_allclose(traj.states[1:, :, 0], ro.reframe_state(traj.states[:-1, :, -1]),
+                               atol=1e-6)
+    np.testing.assert_allclose(traj.states[1:, :, 0, :3], 0.0)
+    # ... at the composed pose in the t = 0 frame
+    poses = np.concatenate([np.asarray(traj.pose), np.asarray(loop["final"]["pose"])[None]])
+    np.testing.assert_allclose(poses[1:], geometry.to_global(traj.states[:, :, -1, :3],
+                                                             traj.pose), atol=1e-4)
+    # the first step starts from the logged ego state; the ego actually moves
+    np.testing.assert_allclose(traj.states[0, :, 0, trajectory.StateIndex.VX],
+                               np.repeat(loop["scene"].ego_velocity[:, 0], G))
+    assert np.all(poses[-1, :, 0] > 5.0)
+
+
+def test_agents_follow_the_log_and_the_ego_its_execution(loop):
+    final, scene = loop["final"], loop["scene"]
+    pose = np.asarray(final["pose"])                         # [N,3] in the t = 0 frame
+    logged = np.repeat(np.asarray(scene.agent_states), G, 0)[:, :, T]     # frame t = 0.5 T
+    want = geometry.to_local(jnp.asarray(logged[..., :3]), pose[:, None])
+    got = np.asarray(final["scene"].agent_states)[:, :, 0]
+    valid = np.asarray(final["scene"].agent_valid)[:, :, 0]
+    assert valid[:, :2].all()
+    np.testing.assert_allclose(got[valid][:, :2], np.asarray(want)[valid][:, :2], atol=1e-3)
+    # the log ends at 4 s: the last T frames are gone
+    assert not np.asarray(final["scene"].agent_valid)[:, :, -T:].any()
+    # the ego's history is its own executed path, its velocity the executed one
+    hist = np.asarray(final["scene"].ego_history)
+    np.testing.assert_allclose(hist[:, -1], 0.0, atol=1e-6)
+    prev = geometry.to_local(loop["traj"].pose[-1], final["pose"])
+    np.testing.assert_allclose(hist[:, -2], prev, atol=1e-4)
+    np.testing.assert_allclose(final["scene"].ego_velocity[:, 0],
+                               final["state"][:, trajectory.StateIndex.VX], atol=1e-6)
+
+
+def test_reobserved_vector_tokens_equal_a_fresh_encoding(loop):
+    final = loop["final"]
+    fresh = policy_lib.encode(loop["model"], loop["variables"], final["scene"])
+    re = final["tokens"]
+    n_map_head = re.map.shape[1] - final["scene"].lane_vectors.shape[1]
+    np.testing.assert_allclose(re.map[:, n_map_head:], fresh.map[:, n_map_head:], atol=1e-5)
+    np.testing.assert_array_equal(re.map_valid, fresh.map_valid)
+    np.testing.assert_allclose(re.ego_status, fresh.ego_status, atol=1e-6)
+    # the BEV map is the t = 0 map warped, not the stale camera encoding of the t = 0 frame
+    assert not np.allclose(re.bev_map, fresh.bev_map, atol=1e-3)
+    # lanes really moved with the ego (x decreased by the distance driven)
+    lanes = np.asarray(final["scene"].lane_vectors)[:, 0, 0, 0]
+    np.testing.assert_allclose(lanes, -10.0 - np.asarray(final["pose"])[:, 0], atol=0.5)
+
+
+def test_warp_bev_moves_cells_with_the_ego():
+    r, h = 8.0, 8                                   # 2 m cells
+    rng = np.random.default_rng(0)
+    bev = jnp.asarray(rng.normal(size=(1, h, h, 3)), jnp.float32)
+    same = ro.warp_bev(bev, jnp.zeros((1, 3)), r)
+    np.testing.assert_allclose(same, bev, atol=1e-5)
+    # ego moves 2 m forward: new row i (x_i) sees old x_i + 2, i.e. old row i - 1
+    fwd = np.asarray(ro.warp_bev(bev, jnp.asarray([[2.0, 0.0, 0.0]]), r))
+    np.testing.assert_allclose(fwd[0, 1:], np.asarray(bev)[0, :-1], atol=1e-5)
+    np.testing.assert_allclose(fwd[0, 0], 0.0)      # came from beyond the map
+    # a quarter turn left: the new point (x, y) is the old (-y, x); the new left-most column
+    # (y = +7 m) is the old back row (x = -7 m), new row i the old column i
+    left = np.asarray(ro.warp_bev(bev, jnp.asarray([[0.0, 0.0, np.pi / 2]]), r))
+    np.testing.assert_allclose(left[0, :, 0], np.asarray(bev)[0, -1, :], atol=1e-4)
