@@ -70,6 +70,12 @@ def main(argv):
     from irlvla_jax.parallel import maybe_initialize_distributed
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
+    if config.get("compilation_cache", True):
+        # Stages compile some of the same programs (the scorer in il/irl/rl/eval) and re-runs
+        # compile all of them again: XLA's persistent cache makes both a disk read.
+        import jax
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
     todo = STAGES if stage == "all" else (stage,)
     results = {}
     for s in todo:

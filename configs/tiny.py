@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.name = "tiny"
     c.seed = 0
     c.workdir = "runs/tiny"
+    c.compilation_cache = True   # XLA persistent compilation cache under <workdir>/.xla_cache
 
     # --- data (irlvla_jax/data) -------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
@@ -174,6 +175,8 @@ def get_config() -> ml_collections.ConfigDict:
         margin=0.05, maxent_weight=0.1, temperature=0.1,
         pair_sources=("vocab", "policy", "perturb"),
         log_every=10, ckpt_every=100, keep_ckpts=2,
+        fuse_step=False,           # True: candidates + scorer labels + update in ONE program
+                                   # (much slower to compile); False: three device programs
         eval_scenes=-1,            # held-out scenes for eval.json (-1: the whole eval split)
     ))
     # --- ppo: stage 3, DPPO in closed loop inside the RWM (irlvla_jax/train/ppo.py,

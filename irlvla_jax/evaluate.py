@@ -47,10 +47,15 @@ _score_jit = None
 
 
 def _scorer():
+    """scorer.score with the previous frame's simulated plan for EC, jitted once."""
     global _score_jit
     if _score_jit is None:
-        from irlvla_jax.sim import scorer
-        _score_jit = jax.jit(lambda s, p: scorer.score(s, p))
+        from irlvla_jax.sim import scorer, simulate
+
+        def fn(scene, plans, prev_scene, prev_plans):
+            prev_states = jax.vmap(simulate.simulate_plan)(prev_scene, prev_plans)
+            return scorer.score(scene, plans, prev_states)
+        _score_jit = jax.jit(fn)
     return _score_jit
 
 
@@ -58,11 +63,21 @@ def _take(scene: types.Scene, idx: np.ndarray) -> types.Scene:
     return jax.tree.map(lambda x: np.asarray(x)[idx], scene)
 
 
-def score_plans(scenes: types.Scene, plans: np.ndarray, chunk: int = 16
-                ) -> dict[str, np.ndarray]:
-    """Score one plan per scene. scenes [N] (numpy), plans [N, 8, 3] -> dict of [N] arrays
-    (every sub-metric, ``epdms``, ``pdms_v1``, ``ec_weight``). Chunks are padded to ``chunk``
-    so the scorer compiles once."""
+def previous_index(metas) -> np.ndarray:
+    """[N] index of the scene whose token is each scene's previous frame (-1: not in the set).
+
+    NAVSIM's extended comfort compares a plan with the plan the agent made for the frame 0.5 s
+    earlier, so EC counts only where that frame is also evaluated."""
+    where = {m.token: i for i, m in enumerate(metas)}
+    return np.asarray([where.get(m.previous_token or "", -1) for m in metas], np.int64)
+
+
+def score_plans(scenes: types.Scene, plans: np.ndarray, prev_index: np.ndarray | None = None,
+                chunk: int = 16) -> dict[str, np.ndarray]:
+    """Score one plan per scene. scenes [N] (numpy), plans [N, 8, 3], prev_index [N] (index of
+    each scene's previous frame among the N, -1 for none; None: EC is not scored) -> dict of
+    [N] arrays (every sub-metric, ``epdms``, ``pdms_v1``, ``ec_weight``). Chunks are padded to
+    ``chunk`` so the scorer compiles once."""
     plans = np.asarray(plans, np.float32)
     n = plans.shape[0]
     if plans.shape != (n, types.PLAN_LEN, 3):
@@ -71,13 +86,18 @@ def score_plans(scenes: types.Scene, plans: np.ndarray, chunk: int = 16
         bad = np.where(~np.isfinite(plans).all(axis=(1, 2)))[0]
         raise ValueError(f"plans of scenes {bad[:10].tolist()} hold NaN/inf; a planner must "
                          f"return finite poses")
+    prev_index = np.full(n, -1) if prev_index is None else np.asarray(prev_index)
+    # EC counts only where the previous frame's plan exists.
+    scenes = scenes.replace(has_previous=np.asarray(scenes.has_previous) & (prev_index >= 0))
+    prev_safe = np.where(prev_index >= 0, prev_index, np.arange(n))
     out: dict[str, list[np.ndarray]] = {}
     fn = _scorer()
     for start in range(0, n, chunk):
         idx = np.arange(start, start + chunk)
         real = idx < n
         idx = np.where(real, idx, n - 1)
-        sub, details = fn(_take(scenes, idx), plans[idx][:, None])
+        sub, details = fn(_take(scenes, idx), plans[idx][:, None],
+                          _take(scenes, prev_safe[idx]), plans[prev_safe[idx]])
         cols = {name: getattr(sub, name) for name in (*types.SUBSCORE_NAMES, "ec_weight")}
         cols["epdms"] = details.epdms
         cols["pdms_v1"] = details.pdms_v1
@@ -90,7 +110,8 @@ def summarize(per_scene: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Scene means; EC is averaged only over scenes where it counts (has_previous)."""
     res = {k: float(np.mean(per_scene[k])) for k in ("epdms", "pdms_v1", *types.SUBSCORE_NAMES)}
     w = per_scene["ec_weight"]
-    res["ec"] = float(np.sum(per_scene["ec"] * w) / max(np.sum(w), 1.0))
+    res["ec"] = float(np.sum(per_scene["ec"] * w) / np.sum(w)) if np.sum(w) > 0 else None
+    res["ec_scenes"] = int(np.sum(w))
     res["num_scenes"] = int(len(per_scene["epdms"]))
     return res
 
@@ -102,10 +123,13 @@ def l2_errors(plans: np.ndarray, scenes: types.Scene) -> dict[str, float]:
 
 
 def evaluate_planners(planners: Mapping[str, Planner], scenes: types.Scene,
-                      batch_size: int = 8) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Plan and score every scene with every planner.
+                      batch_size: int = 8, metas=None
+                      ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Plan and score every scene with every planner; with ``metas`` (SceneMeta per scene) EC
+    compares each plan with the same planner's plan for the previous frame.
 
     Returns (table: name -> summary dict, plans: name -> [N, 8, 3])."""
+    prev = previous_index(metas) if metas is not None else None
     n = int(np.shape(scenes.speed_limit)[0])
     table, all_plans = {}, {}
     for name, planner in planners.items():
@@ -114,7 +138,7 @@ def evaluate_planners(planners: Mapping[str, Planner], scenes: types.Scene,
             idx = np.arange(start, min(start + batch_size, n))
             chunks.append(np.asarray(planner(_take(scenes, idx)), np.float32))
         plans = np.concatenate(chunks)
-        per_scene = score_plans(scenes, plans)
+        per_scene = score_plans(scenes, plans, prev)
         table[name] = {**summarize(per_scene), **l2_errors(plans, scenes)}
         all_plans[name] = plans
     return table, all_plans
@@ -161,7 +185,7 @@ def run(config, workdir: str) -> dict:
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     limit = config.eval.num_scenes or None
-    scenes, _ = load_split_numpy(config, config.data.eval_split, limit=limit)
+    scenes, metas = load_split_numpy(config, config.data.eval_split, limit=limit)
     planners: dict[str, Planner] = {"human": expert_plan, "constant_velocity":
                                     constant_velocity_plan}
     policies = _policy_planners(config, workdir)
@@ -169,7 +193,7 @@ def run(config, workdir: str) -> dict:
         print("eval: no trained policy under", workdir, "- run `python launch.py il` first; "
               "scoring the baselines only")
     planners.update(policies)
-    table, plans = evaluate_planners(planners, scenes)
+    table, plans = evaluate_planners(planners, scenes, metas=metas)
     result = {"split": config.data.eval_split, "policies": table}
     result["bev"] = save_bev_examples(os.path.join(out_dir, "bev"), scenes,
                                       {k: v for k, v in plans.items() if k != "human"})
@@ -232,7 +256,7 @@ def score_submission(config, path: str) -> dict:
                          f"{config.data.eval_split}")
     sub = _take(scenes, np.asarray(keep))
     plans = np.stack([preds[metas[i].token] for i in keep])
-    per_scene = score_plans(sub, plans)
+    per_scene = score_plans(sub, plans, previous_index([metas[i] for i in keep]))
     summary = {**summarize(per_scene), "missing_tokens": missing}
     tracking.print_table(f"{os.path.basename(path)} on {config.data.eval_split}",
                          {"submission": summary}, COLUMNS)

@@ -79,6 +79,9 @@ def print_table(title: str, rows: Mapping[str, Mapping[str, Any]], columns: list
         cells = []
         for c in columns:
             v = _plain(r.get(c))
-            cells.append("-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+            cells.append("-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
         t.add_row(name, *cells)
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:       # logs and pipes: do not squeeze the table into 80 columns
+        console = Console(width=max(100, 12 * (len(columns) + 1)))
+    console.print(t)

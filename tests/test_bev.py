@@ -37,7 +37,9 @@ def test_bev_encoder_shapes_and_lidar_branch():
     ext = jnp.broadcast_to(jnp.asarray(FRONT), (b, c, 4, 4))
     enc = BEVEncoder(cfg)
     lidar = jnp.zeros((b, 64, 64, 2))
-    params = enc.init(jax.random.key(1), feats, intr, ext, (72, 128), lidar)
+    # jitted: eager init dispatches (and compiles) every initialiser op by op
+    params = jax.jit(enc.init, static_argnums=4)(jax.random.key(1), feats, intr, ext, (72, 128),
+                                                 lidar)
     run = jax.jit(lambda f, e, l: enc.apply(params, f, intr, e, (72, 128), l))
     out = run(feats, ext, lidar)
     assert out.shape == (b, *cfg.query_hw, cfg.dim) and np.isfinite(np.asarray(out)).all()

@@ -24,7 +24,11 @@ def setup():
     batch = ps.random_scenes(sizes, 8, seed=0)
     model = policy_lib.VLAPolicy(config.model)
     # the data-free default anchors: the experts are metres away, the planner must learn them
-    state0 = il.create_state(model, config, jax.random.PRNGKey(0))
+    # committed to one device like the states orbax restores: jit caches uncommitted and
+    # committed inputs apart, so an uncommitted start state compiled the step a second time
+    # for the resumed one (~40 s)
+    state0 = jax.device_put(il.create_state(model, config, jax.random.PRNGKey(0)),
+                            jax.devices()[0])
     step = il.make_train_step(model, config)
     return dict(config=config, batch=jax.tree.map(jnp.asarray, batch), model=model,
                 state0=state0, step=step)

@@ -25,13 +25,17 @@ def setup():
         map_valid=jnp.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], bool),
         obj=jax.random.normal(k[3], (B, 4, D)), ego_status=jnp.ones((B, 20)))
     net = pl.DiffusionPlanner(cfg)
-    variables = net.init(jax.random.PRNGKey(1), jnp.zeros((B, 6, 8, 3)),
-                         jnp.zeros((B,), jnp.int32), tokens)
-    # a non-trivial network: perturb the zero-initialised output layers too
-    leaves, tree = jax.tree.flatten(variables["params"])
-    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-    variables = dict(variables, params=jax.tree.unflatten(
-        tree, [p + 0.05 * jax.random.normal(kk, p.shape) for p, kk in zip(leaves, keys)]))
+
+    @jax.jit    # one program: eager init and perturbation compile every op shape by shape
+    def init(tokens):
+        variables = net.init(jax.random.PRNGKey(1), jnp.zeros((B, 6, 8, 3)),
+                             jnp.zeros((B,), jnp.int32), tokens)
+        # a non-trivial network: perturb the zero-initialised output layers too
+        leaves, tree = jax.tree.flatten(variables["params"])
+        keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+        return dict(variables, params=jax.tree.unflatten(
+            tree, [p + 0.05 * jax.random.normal(kk, p.shape) for p, kk in zip(leaves, keys)]))
+    variables = init(tokens)
 
     def denoiser(v):
         return lambda x, t: net.apply(v, x, t, tokens)

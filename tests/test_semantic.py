@@ -26,13 +26,15 @@ def decoder():
     cfg = ml_collections.ConfigDict(LLM)
     model = LlamaDecoder(cfg)
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 10)), jnp.int32)
-    params = model.init(jax.random.key(0), ids, method=LlamaDecoder.lm)
+    # jitted init (eager init compiles every initialiser op shape by shape), reused below
+    init = jax.jit(lambda k, i: model.init(k, i, method=LlamaDecoder.lm))
+    params = init(jax.random.key(0), ids)
     lm = jax.jit(lambda p, i: model.apply(p, i, method=LlamaDecoder.lm))
-    return cfg, model, params, ids, lm
+    return cfg, model, params, ids, lm, init
 
 
 def test_causal_later_tokens_do_not_change_earlier_outputs(decoder):
-    _, _, params, ids, lm = decoder
+    _, _, params, ids, lm, _ = decoder
     out = np.asarray(lm(params, ids))
     changed = np.asarray(lm(params, ids.at[:, 6].set(77)))
     np.testing.assert_allclose(changed[:, :6], out[:, :6], rtol=1e-5, atol=1e-5)
@@ -95,9 +97,9 @@ def _write_hf(params, cfg, directory):
 
 
 def test_hf_checkpoint_loads_to_identical_logits(decoder, tmp_path):
-    cfg, model, params, ids, lm = decoder
+    cfg, model, params, ids, lm, init = decoder
     tensors = _write_hf(params, cfg, tmp_path)
-    fresh = model.init(jax.random.key(7), ids, method=LlamaDecoder.lm)
+    fresh = init(jax.random.key(7), ids)
     loaded = load_hf_llama(fresh, str(tmp_path), prefix="", cfg=cfg)
     np.testing.assert_allclose(lm(loaded, ids), lm(params, ids), rtol=1e-5, atol=1e-5)
     assert not np.allclose(lm(fresh, ids), lm(params, ids))
@@ -125,12 +127,13 @@ def test_semantic_reasoner_at_tiny_config():
     model = SemanticReasoner(cfg)
     vis = jax.random.normal(jax.random.key(0), (2, 160, 64))
     cmd = jnp.eye(4)[jnp.array([0, 2])]
-    params = model.init(jax.random.key(1), vis, cmd)
-    meta, logits = jax.jit(model.apply)(params, vis, cmd)
+    params = jax.jit(model.init)(jax.random.key(1), vis, cmd)
+    apply = jax.jit(model.apply)     # one compiled apply for both command orders
+    meta, logits = apply(params, vis, cmd)
     assert meta.shape == (2, cfg.num_meta_tokens, cfg.out_dim)
     assert logits.shape == (2, types.NUM_META_ACTIONS)
     # the command reaches the output through the prompt: swapping commands swaps outputs
-    meta_sw, _ = jax.jit(model.apply)(params, vis, cmd[::-1])
+    meta_sw, _ = apply(params, vis, cmd[::-1])
     assert not np.allclose(meta_sw[0], meta[0])
     # the HF loader finds the decoder inside the reasoner's params
     assert "llm" in params["params"] and "layers_1" in params["params"]["llm"]

@@ -18,11 +18,12 @@ def resnet():
                     norm="frozen_bn"))
     model = ResNet(cfg)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    params = model.init(jax.random.key(1), x)["params"]
+    init = jax.jit(lambda k: model.init(k, x)["params"])    # one compile for both keys
     # random affine values so that a mis-mapped tensor changes the output
-    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
-                          params)
-    fresh = model.init(jax.random.key(9), x)["params"]
+    params = jax.jit(lambda p: jax.tree.map(
+        lambda q: q + 0.1 * jax.random.normal(jax.random.key(2), q.shape), p))(
+            init(jax.random.key(1)))
+    fresh = init(jax.random.key(9))
     apply = jax.jit(lambda p: model.apply({"params": p}, x))
     return cfg, params, fresh, apply
 

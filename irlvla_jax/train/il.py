@@ -222,8 +222,8 @@ def create_state(model: policy_lib.VLAPolicy, config, rng: jax.Array,
                  ) -> TrainState:
     """A fresh TrainState (params initialised from a zero scene; anchors installed)."""
     sizes = types.SceneSizes.from_config(config.data.sizes)
-    example = types.zeros_scene(sizes, (1,))
-    variables = jax.jit(lambda r: policy_lib.init_variables(model, example, r))(rng)
+    example = types.scene_shape_struct(sizes, (1,))
+    variables = policy_lib.init_variables(model, example, rng)     # jitted inside
     if anchors is not None:
         variables = policy_lib.set_anchors(variables, anchors)
     params = variables.pop("params")

@@ -7,7 +7,8 @@ One jitted step per batch of scenes (batch on the mesh's 'data' axis):
   1. candidates per scene: expert + ``num_vocab`` k-means vocabulary trajectories (the stage-1
      policy's anchors) + ``num_policy`` samples of the frozen stage-1 policy + ``num_perturb``
      perturbed experts (``candidates.py``);
-  2. labels: the JAX EPDMS scorer on every candidate, inside the same jit (no label files). EC
+  2. labels: the JAX EPDMS scorer on every candidate, on device, every step (no label files;
+     one program with the update when ``irl.fuse_step``, else its own compiled program). EC
      needs the plan made 0.5 s earlier: the expert's, re-expressed in the t = -0.5 s frame
      (``scene_ops.previous_frame_plan``) and simulated from that frame's logged state;
   3. loss: per-metric CE (NC, DDC: 3 classes) / BCE (DAC, TLC, TTC, LK, HC, EC) / soft-target
@@ -191,13 +192,20 @@ def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scor
          scene: Scene [B], rng) -> (state, metrics dict of []).
     ``policy_fn(policy_variables, scene, rng) -> (trajs [B,Np,8,3], SceneTokens)`` samples the
     frozen stage-1 policy; None (or frozen['policy'] None) replaces its slots by perturbations.
+
+    The step is the composition of three pure parts, exposed as attributes so that
+    :func:`jit_train_step` can compile them as one program or as three:
+    ``step.candidates(frozen, scene, rng) -> (trajs, source, tokens)``,
+    ``step.labels(scene, trajs) -> SubScores`` and
+    ``step.update(state, scene, trajs, source, tokens, labels) -> (state, metrics)``.
     """
     icfg = config.irl
     cands = make_candidates_fn(config, policy_fn)
 
-    def step(state: TrainState, frozen, scene: types.Scene, rng):
-        trajs, source, tokens = cands(frozen, scene, rng)
-        labels = jax.lax.stop_gradient(label_fn(scene, trajs))
+    def labels_fn(scene, trajs):
+        return jax.lax.stop_gradient(label_fn(scene, trajs))
+
+    def update(state: TrainState, scene: types.Scene, trajs, source, tokens, labels):
         true = labels.epdms()
 
         def loss_fn(params):
@@ -215,28 +223,67 @@ def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scor
                        reward_mae=jnp.mean(jnp.abs(reward - true)), **irl_metrics,
                        **{f"loss/{k}": v for k, v in parts.items()}, **label_statistics(labels))
         return state, metrics
+
+    def step(state: TrainState, frozen, scene: types.Scene, rng):
+        trajs, source, tokens = cands(frozen, scene, rng)
+        return update(state, scene, trajs, source, tokens, labels_fn(scene, trajs))
+
+    step.candidates, step.labels, step.update = cands, labels_fn, update
     return step
 
 
-def jit_train_step(step, mesh=None):
-    """jit the step; with a mesh the scene batch is on 'data', the rest replicated."""
+def jit_train_step(step, mesh=None, fuse: bool = True):
+    """jit the step; with a mesh the scene batch is on 'data', the rest replicated.
+
+    ``fuse=True`` compiles candidates + scorer labels + RWM update as ONE program. ``fuse=False``
+    (``config.irl.fuse_step``) compiles them as three programs that still run back to back on
+    device with no host work in between: XLA's compile time grows faster than linearly with
+    program size, and on CPU the fused step (policy sampler + scorer with PDM-Closed + RWM
+    backward) takes many minutes to compile, while the three parts compile in a fraction of it
+    and the labeller is shared with the evaluation step.
+    """
+    rep = parallel.replicated(mesh) if mesh is not None else None
+    dat = parallel.data_sharding(mesh) if mesh is not None else None
+    if fuse:
+        if mesh is None:
+            return jax.jit(step, donate_argnums=(0,))
+        return jax.jit(step, in_shardings=(rep, rep, dat, rep), out_shardings=(rep, rep),
+                       donate_argnums=(0,))
+    cands, labels = _jit_shared(step.candidates), _jit_shared(step.labels)
     if mesh is None:
-        return jax.jit(step, donate_argnums=(0,))
-    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, rep, dat, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,))
+        update = jax.jit(step.update, donate_argnums=(0,))
+    else:
+        update = jax.jit(step.update, out_shardings=(rep, rep), donate_argnums=(0,))
+
+    def run(state, frozen, scene, rng):
+        trajs, source, tokens = cands(frozen, scene, rng)
+        return update(state, scene, trajs, source, tokens, labels(scene, trajs))
+    return run
+
+
+_JITTED: dict = {}
+
+
+def _jit_shared(fn):
+    """One jitted wrapper per underlying function, so train and eval share compiled programs."""
+    key = getattr(fn, "__wrapped_key__", fn)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(fn)
+    return _JITTED[key]
 
 
 def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
                    policy_fn: PolicyFn | None = None):
     """(params, frozen, scene [B], rng) -> dict of arrays: reward, true [B,K], probs of the
     binary heads [B,K,6], 3-class predictions [B,K] (nc_pred, ddc_pred), ep_pred [B,K], the
-    labels [B,K] per sub-score, ec_weight [B,K], source [K]."""
+    labels [B,K] per sub-score, ec_weight [B,K], source [K].
+
+    Like the train step it exposes its parts (``step.candidates``, ``step.labels``,
+    ``step.predict(params, scene, trajs, source, tokens, labels)``) for :func:`jit_eval_step`.
+    """
     cands = make_candidates_fn(config, policy_fn)
 
-    def step(params, frozen, scene, rng):
-        trajs, source, tokens = cands(frozen, scene, rng)
-        labels = label_fn(scene, trajs)
+    def predict(params, scene, trajs, source, tokens, labels):
         pred = rwm_lib.apply(model, params, scene, trajs, tokens)
         out = dict(reward=pred.reward(labels.ec_weight), true=labels.epdms(),
                    binary_prob=jax.nn.sigmoid(pred.binary_logits),
@@ -245,7 +292,28 @@ def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = score
                    source=source)
         out.update({f"y_{n}": getattr(labels, n) for n in types.SUBSCORE_NAMES})
         return out
+
+    def step(params, frozen, scene, rng):
+        trajs, source, tokens = cands(frozen, scene, rng)
+        return predict(params, scene, trajs, source, tokens, label_fn(scene, trajs))
+
+    step.candidates, step.labels, step.predict = cands, label_fn, predict
     return step
+
+
+def jit_eval_step(step, fuse: bool = True, train_step=None):
+    """jit an eval step as one program, or as parts reusing ``train_step``'s compiled
+    candidate and label programs (same functions and shapes: no second compilation)."""
+    if fuse:
+        return jax.jit(step)
+    cands = _jit_shared(train_step.candidates if train_step is not None else step.candidates)
+    labels = _jit_shared(train_step.labels if train_step is not None else step.labels)
+    predict = jax.jit(step.predict)
+
+    def run(params, frozen, scene, rng):
+        trajs, source, tokens = cands(frozen, scene, rng)
+        return predict(params, scene, trajs, source, tokens, labels(scene, trajs))
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,7 +530,9 @@ def run(config, workdir: str) -> dict:
     state = init_state(config, model, example, k_init, tokens)
     frozen = parallel.replicate(frozen, mesh)
     state = parallel.replicate(state, mesh)
-    step_fn = jit_train_step(make_train_step(config, model, scorer_labels, policy_fn), mesh)
+    fuse = bool(icfg.get("fuse_step", False))
+    train_step = make_train_step(config, model, scorer_labels, policy_fn)
+    step_fn = jit_train_step(train_step, mesh, fuse=fuse)
 
     def batches(start):
         it = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed,
@@ -470,11 +540,15 @@ def run(config, workdir: str) -> dict:
         return (scene for scene, _ in it)
 
     state, means = train(config, workdir, step_fn, state, frozen, batches, rng=k_train)
-    eval_step = jax.jit(make_eval_step(config, model, scorer_labels, policy_fn))
+    eval_step = jit_eval_step(make_eval_step(config, model, scorer_labels, policy_fn), fuse,
+                              train_step)
     limit = None if icfg.eval_scenes < 0 else icfg.eval_scenes
     result = evaluate(eval_step, state.params, frozen, _eval_batches(config, limit), k_eval, means)
     result["train_label_means"] = means
     tracking.write_json(os.path.join(workdir, "irl", "eval.json"), result)
-    tracking.print_table("RWM held-out quality (irl)",
-                         {k: v for k, v in result.items() if k in ("rwm", "mean_baseline")})
+    names = [k for k in result["rwm"] if k != "num_scenes"]
+    tracking.print_table(f"RWM held-out quality ({result['rwm']['num_scenes']} scenes)",
+                         {n: {"rwm": result["rwm"][n], "mean_baseline":
+                              result["mean_baseline"].get(n)} for n in names},
+                         ["rwm", "mean_baseline"])
     return result

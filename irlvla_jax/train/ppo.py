@@ -112,7 +112,9 @@ def init_state(config, frozen_policy: Mapping[str, Any], tokens: SceneTokens, rn
 
     tokens: example SceneTokens [N,...] (shapes only)."""
     value = ValueHead(int(config.ppo.value_hidden)).init(rng, tokens)["params"]
-    params = {"planner": frozen_policy["params"]["planner"], "value": value}
+    # A copy: the update donates the state, and the frozen IL policy must keep its own buffers.
+    planner = jax.tree.map(jnp.copy, frozen_policy["params"]["planner"])
+    params = {"planner": planner, "value": value}
     return TrainState.create(params, make_optimizer(
         config.ppo, total_steps=max(1, config.ppo.num_updates * config.ppo.epochs *
                                     config.ppo.minibatches)))
@@ -429,11 +431,12 @@ def run(config, workdir: str) -> dict:
     state = train(config, workdir, update, state, frozen, batches, rng=k_train)
 
     limit = None if cfg.eval_scenes < 0 else cfg.eval_scenes
-    scenes, _ = loader.load_split_numpy(config, config.data.eval_split, limit)
+    scenes, metas = loader.load_split_numpy(config, config.data.eval_split, limit)
     plan_fn = make_plan_fn(model)
     rl_vars = policy_variables(il_vars, jax.device_get(state.params))
     table, _ = evaluate.evaluate_planners({"il_policy": as_planner(plan_fn, il_vars),
-                                           "rl_policy": as_planner(plan_fn, rl_vars)}, scenes)
+                                           "rl_policy": as_planner(plan_fn, rl_vars)}, scenes,
+                                          metas=metas)
     result = {"split": config.data.eval_split, "reward": cfg.reward,
               "advantage": cfg.advantage, "horizon": cfg.horizon,
               "epdms": table["rl_policy"]["epdms"], "policies": table}
