@@ -16,6 +16,8 @@ a single pair and are meant to be ``jax.vmap``-ed.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
 # --- Pacifica (nuPlan vehicle_parameters.py); the scorer always uses these --------------------
@@ -94,17 +96,28 @@ def convex_intersect(a, b):
 
     a [...,4,2], b [...,4,2] (any consistent vertex order, broadcastable leading shapes)
     -> bool [...]. Separating-axis theorem over the 8 edge normals.
-    """
-    def normals(p):
-        e = jnp.roll(p, -1, axis=-2) - p
-        return jnp.stack([-e[..., 1], e[..., 0]], -1)          # [...,4,2]
 
-    axes = jnp.concatenate(jnp.broadcast_arrays(normals(a), normals(b)), -2)   # [...,8,2]
-    pa = jnp.einsum("...kd,...vd->...kv", axes, jnp.broadcast_to(a, axes.shape[:-2] + (4, 2)))
-    pb = jnp.einsum("...kd,...vd->...kv", axes, jnp.broadcast_to(b, axes.shape[:-2] + (4, 2)))
-    # Strict inequality: a shared boundary point is not a separation (touching intersects).
-    separated = (pa.max(-1) < pb.min(-1)) | (pb.max(-1) < pa.min(-1))
-    return ~separated.any(-1)
+    Written as elementwise max/min/or over the (static) 4 vertices and 8 axes rather than
+    reductions over small trailing axes: XLA:CPU fuses the whole test into one loop over the
+    box pairs, where several reductions of one producer would each materialise it.
+    """
+    av = [a[..., i, :] for i in range(4)]
+    bv = [b[..., i, :] for i in range(4)]
+
+    def normals(v):
+        return [(-(v[(i + 1) % 4][..., 1] - v[i][..., 1]), v[(i + 1) % 4][..., 0] - v[i][..., 0])
+                for i in range(4)]
+
+    separated = None
+    for nx, ny in normals(av) + normals(bv):
+        pa = [nx * p[..., 0] + ny * p[..., 1] for p in av]
+        pb = [nx * p[..., 0] + ny * p[..., 1] for p in bv]
+        amax, amin = functools.reduce(jnp.maximum, pa), functools.reduce(jnp.minimum, pa)
+        bmax, bmin = functools.reduce(jnp.maximum, pb), functools.reduce(jnp.minimum, pb)
+        # Strict inequality: a shared boundary point is not a separation (touching intersects).
+        sep = (amax < bmin) | (bmax < amin)
+        separated = sep if separated is None else separated | sep
+    return ~separated
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,29 +129,44 @@ def _edges(poly):
 
 
 def _point_segment_dist2(p, a, b):
-    """Squared distance point p [...,2] to segment a-b [...,2] (degenerate segments allowed)."""
-    ab = b - a
-    denom = jnp.sum(ab * ab, -1)
-    t = jnp.clip(jnp.sum((p - a) * ab, -1) / jnp.where(denom > 0, denom, 1.0), 0.0, 1.0)
-    d = p - (a + t[..., None] * ab)
-    return jnp.sum(d * d, -1)
+    """Squared distance point p [...,2] to segment a-b [...,2] (degenerate segments allowed).
+
+    Components written out (no reductions over the size-2 axis) so callers' reductions fuse."""
+    px, py, ax, ay = p[..., 0], p[..., 1], a[..., 0], a[..., 1]
+    abx, aby = b[..., 0] - ax, b[..., 1] - ay
+    denom = abx * abx + aby * aby
+    t = jnp.clip(((px - ax) * abx + (py - ay) * aby) / jnp.where(denom > 0, denom, 1.0), 0.0, 1.0)
+    dx, dy = px - (ax + t * abx), py - (ay + t * aby)
+    return dx * dx + dy * dy
+
+
+def _crossing_code(points, poly):
+    """Crossing count and boundary hits of points [...,2] against the ring poly [...,V,2] in one
+    integer reduction -> (code [...], unit): crossings = code % unit, on the boundary (within
+    1e-6 m) iff code >= unit. unit is even and > V, so code % 2 is the crossing parity.
+
+    (Two separate reductions of the same [..., V] producer do not fuse on CPU and cost ~8x.)
+    """
+    a, b = _edges(poly)                                          # [...,V,2]
+    px, py = points[..., None, 0], points[..., None, 1]          # [...,1]
+    ax, ay, bx, by = a[..., 0], a[..., 1], b[..., 0], b[..., 1]  # [...,V]
+    straddle = (ay > py) != (by > py)
+    dy = jnp.where(by == ay, 1.0, by - ay)
+    crosses = straddle & (px < ax + (py - ay) * (bx - ax) / dy)
+    on_edge = _point_segment_dist2(points[..., None, :], a, b) <= _BOUNDARY_EPS ** 2
+    unit = 2 * (poly.shape[-2] + 1)
+    return jnp.sum(crosses.astype(jnp.int32) + unit * on_edge.astype(jnp.int32), -1), unit
 
 
 def points_in_polygon(points, poly):
-    """Strict containment (shapely ``contains``): points [...,2], poly [V,2] -> bool [...].
+    """Strict containment (shapely ``contains``): points [...,2], poly [...,V,2] -> bool [...]
+    (the leading shapes broadcast: one polygon [V,2] for many points, or per-point polygons).
 
     Crossing-number test; zero-length padded edges never cross the ray. Points within 1e-6 m
     of the ring are on the boundary and count as outside.
     """
-    a, b = _edges(poly)                                          # [V,2]
-    p = points[..., None, :]                                     # [...,1,2]
-    ay, by = a[:, 1], b[:, 1]
-    straddle = (ay > p[..., 1]) != (by > p[..., 1])              # [...,V]
-    dy = jnp.where(by == ay, 1.0, by - ay)
-    x_cross = a[:, 0] + (p[..., 1] - ay) * (b[:, 0] - a[:, 0]) / dy
-    crossings = jnp.sum(straddle & (p[..., 0] < x_cross), -1)
-    on_edge = jnp.min(_point_segment_dist2(p, a, b), -1) <= _BOUNDARY_EPS ** 2
-    return (crossings % 2 == 1) & ~on_edge
+    code, unit = _crossing_code(points, poly)
+    return (code % 2 == 1) & (code < unit)
 
 
 def _orient(a, b, c):
@@ -169,10 +197,9 @@ def segments_intersect(p1, p2, q1, q2):
 
 
 def _inside_or_on(point, poly):
-    """Non-strict containment of a single point [2] in poly [V,2]."""
-    a, b = _edges(poly)
-    on_edge = jnp.min(_point_segment_dist2(point, a, b)) <= _BOUNDARY_EPS ** 2
-    return points_in_polygon(point, poly) | on_edge
+    """Non-strict containment of points [...,2] in poly [...,V,2] -> bool [...]."""
+    code, unit = _crossing_code(point, poly)
+    return (code % 2 == 1) | (code >= unit)
 
 
 def polygon_intersects_polygon(a, b):
@@ -200,11 +227,14 @@ def polygon_distance(a, b):
     """
     a0, a1 = _edges(a)
     b0, b1 = _edges(b)
-    # Non-crossing segments: their distance is attained at an endpoint of one of them.
-    d2 = jnp.minimum(
-        _point_segment_dist2(a0[:, None], b0[None], b1[None]).min(),
-        _point_segment_dist2(b0[None], a0[:, None], a1[:, None]).min())
-    return jnp.where(polygon_intersects_polygon(a, b), 0.0, jnp.sqrt(d2))
+    # Non-crossing segments: their distance is attained at an endpoint of one of them; a
+    # crossing pair has distance 0. One min-reduction over the edge pairs.
+    d2 = jnp.minimum(_point_segment_dist2(a0[:, None], b0[None], b1[None]),
+                     _point_segment_dist2(b0[None], a0[:, None], a1[:, None]))
+    cross = segments_intersect(a0[:, None], a1[:, None], b0[None], b1[None])
+    d2 = jnp.min(jnp.where(cross, 0.0, d2))
+    nested = _inside_or_on(a[0], b) | _inside_or_on(b[0], a)
+    return jnp.where(nested, 0.0, jnp.sqrt(d2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,11 +258,15 @@ def polyline_project(points, line, valid):
     -> (s [...], dist [...]). The first closest segment wins on ties, as in GEOS.
     """
     a, b, seg_valid, seg_len, cum = _segments(line[:, :2], valid)
-    p = points[..., None, :]                                      # [...,1,2]
-    ab = b - a
-    denom = jnp.sum(ab * ab, -1)
-    t = jnp.clip(jnp.sum((p - a) * ab, -1) / jnp.where(denom > 0, denom, 1.0), 0.0, 1.0)
-    d2 = jnp.sum((p - (a + t[..., None] * ab)) ** 2, -1)
+    # Components written out (no size-2 reductions), so the [..., R-1] pass fuses.
+    px, py = points[..., None, 0], points[..., None, 1]           # [...,1]
+    ax, ay = a[:, 0], a[:, 1]
+    abx, aby = b[:, 0] - ax, b[:, 1] - ay
+    denom = abx * abx + aby * aby
+    t = jnp.clip(((px - ax) * abx + (py - ay) * aby) / jnp.where(denom > 0, denom, 1.0),
+                 0.0, 1.0)
+    dx, dy = px - (ax + t * abx), py - (ay + t * aby)
+    d2 = dx * dx + dy * dy
     # A polyline with a single valid vertex has no segment: fall back to that vertex.
     any_seg = seg_valid.any()
     d2 = jnp.where(seg_valid | ~any_seg, d2, jnp.inf)

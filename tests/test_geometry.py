@@ -136,3 +136,21 @@ def test_polyline_project_and_interpolate():
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+def test_box_distance_does_not_depend_on_vertex_padding():
+    """PDM-Closed measures boxes with their 4 vertices; padding a ring by repeating vertex 0
+    (the Scene convention) must not change shapely-style distances."""
+    rng = np.random.default_rng(7)
+    n = 64
+    ego = g.ego_corners(jnp.asarray(rng.normal(0, 3, (n, 3)), jnp.float32))
+    box = g.box_corners(jnp.asarray(rng.normal(0, 6, (n, 2)), jnp.float32),
+                        jnp.asarray(rng.uniform(-3, 3, n), jnp.float32),
+                        jnp.full(n, 4.5), jnp.full(n, 2.0))
+    padded = jnp.concatenate([box, jnp.repeat(box[:, :1], 8, axis=1)], 1)
+    dist = jax.jit(jax.vmap(g.polygon_distance))
+    d4, d12 = np.asarray(dist(ego, box)), np.asarray(dist(ego, padded))
+    np.testing.assert_array_equal(d4, d12)
+    assert (d4 == 0).any() and (d4 > 0).any()
+    for e, b, d in zip(np.asarray(ego)[:8], np.asarray(box)[:8], d4[:8]):
+        assert abs(Polygon(e).distance(Polygon(b)) - d) < 1e-4

@@ -7,7 +7,6 @@ on an 8-scene batch serves every test, plus one 8-way sharded ``score_with``.
 import json
 
 import jax
-from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,32 +51,29 @@ def build_batch():
 
 
 @pytest.fixture(scope="module")
-def scored():
-    """The public API, compiled once: ``score`` on the 8-scene batch."""
+def run_sharded():
+    """The full ``score`` (PDM-Closed included), jitted once, with the batch split over the 8
+    fake CPU devices on the 'data' mesh axis, as stage 2 calls it inside its sharded train
+    step. ``call(idx)`` scores the batch's scenes ``idx`` [8]."""
     batch, plans = build_batch()
-    sub, det = jax.jit(scorer.score)(batch, plans)
-    return batch, plans, jax.tree.map(np.asarray, sub), jax.tree.map(np.asarray, det)
-
-
-@pytest.fixture(scope="module")
-def run_sharded(scored):
-    """``score_with`` with the batch split over the 8 fake CPU devices (shard_map), fed the
-    same observation and PDM-Closed reference as ``scored``."""
-    batch, plans, _, det = scored
     mesh = parallel.make_mesh({"data": -1, "fsdp": 1})
     assert mesh.shape["data"] == 8
-    spec = P("data")
-    fn = jax.jit(jax.shard_map(scorer.score_with, mesh=mesh, in_specs=(spec,) * 4,
-                               out_specs=spec, check_vma=False))
-    build_obs = jax.jit(jax.vmap(observation.build_observation))
+    fn = jax.jit(scorer.score)
 
     def call(idx):
         b = jax.tree.map(lambda x: x[idx], batch)
-        args = parallel.shard_batch((b, plans[idx], build_obs(b), det.reference_states[idx]), mesh)
-        sub, _ = fn(*args)
+        sub, det = fn(*parallel.shard_batch((b, plans[idx]), mesh))
         assert len(sub.nc.sharding.device_set) == 8
-        return jax.tree.map(np.asarray, sub)
+        return jax.tree.map(np.asarray, sub), jax.tree.map(np.asarray, det)
     return call
+
+
+@pytest.fixture(scope="module")
+def scored(run_sharded):
+    """``score`` on the 8-scene batch (one compiled program serves every test)."""
+    batch, plans = build_batch()
+    sub, det = run_sharded(np.arange(8))
+    return batch, plans, sub, det
 
 
 def test_expert_like_plan_beats_leaving_the_road(scored):
@@ -124,16 +120,27 @@ def test_v1_pdms_and_aggregates(scored):
 
 def test_sharded_batch_equals_one_scene_at_a_time(run_sharded, scored):
     _, _, sub, _ = scored
-    sharded = run_sharded(np.arange(8))
-    for name in types.SUBSCORE_NAMES:      # sharded == jit(vmap) over the batch
-        np.testing.assert_allclose(getattr(sharded, name), getattr(sub, name), atol=1e-5,
-                                   err_msg=name)
     for i in (1, 4):
-        # The same compiled program on a batch holding only scene i.
-        one = run_sharded(np.full(8, i))
+        # The same compiled program on a batch holding only scene i: every device scores scene
+        # i whatever its neighbours, and gets the batch's result for it.
+        one, _ = run_sharded(np.full(8, i))
         for name in types.SUBSCORE_NAMES:
-            np.testing.assert_allclose(getattr(one, name)[0], getattr(sub, name)[i],
+            np.testing.assert_allclose(one.stack()[..., types.SUBSCORE_NAMES.index(name)],
+                                       np.broadcast_to(getattr(sub, name)[i], (8, K)),
                                        atol=1e-5, err_msg=name)
+
+
+def test_unsharded_jit_one_scene_at_a_time_equals_sharded_batch(scored):
+    """Each scene alone (``score_with`` jitted for B = 1 on one device, PDM-Closed's reference
+    passed in so no second PDM-Closed compile) gives the sharded batch's scores."""
+    batch, plans, sub, det = scored
+    fn = jax.jit(scorer.score_with)
+    obs = jax.jit(jax.vmap(observation.build_observation))(batch)
+    for i in range(8):
+        one, _ = fn(*jax.tree.map(lambda x: x[i:i + 1], (batch, plans, obs, det.reference_states)))
+        for name in types.SUBSCORE_NAMES:
+            np.testing.assert_allclose(getattr(one, name)[0], getattr(sub, name)[i], atol=1e-5,
+                                       err_msg=f"scene {i} {name}")
 
 
 def test_two_stage_aggregation():

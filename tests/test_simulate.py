@@ -161,3 +161,18 @@ def test_simulate_plan_jits_and_vmaps_over_scenes_and_candidates():
     np.testing.assert_allclose(out[:, :, -1, 0], [[20.0] * 3, [40.0] * 3], atol=0.02)
     with pytest.raises(ValueError, match="expected"):
         simulate.simulate(np.zeros((40, 3)), np.zeros(11))
+
+
+def test_profile_fit_matches_devkit_on_random_references():
+    """The LAPACK-free fit (constant speed-fit matrix, Gauss-Jordan curvature solve) against the
+    devkit's pinv formulation, on random references from standstill to fast turns."""
+    rng = np.random.default_rng(5)
+    t = np.arange(41) * 0.1
+    refs = [_rollout(np.clip(rng.uniform(0, 15) + rng.normal(0, 1.5) * t, 0, None),
+                     rng.normal(0, 0.05) + rng.normal(0, 0.03) * np.sin(t * rng.uniform(0, 3)))
+            for _ in range(12)]
+    v, k = jax.jit(jax.vmap(lqr.fit_profiles))(np.stack(refs).astype(np.float32))
+    for i, ref in enumerate(refs):
+        v_ref, k_ref = _reference_fit(ref)
+        np.testing.assert_allclose(v[i], v_ref, atol=2e-3, err_msg=f"reference {i}")
+        np.testing.assert_allclose(k[i], k_ref, atol=1e-4, err_msg=f"reference {i}")

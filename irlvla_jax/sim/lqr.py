@@ -8,8 +8,11 @@ speed 1 s ahead, and a lateral LQR over a 10-step linear time-varying model of
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from irlvla_jax.geometry import wrap_angle
 from irlvla_jax.sim.bicycle import WHEEL_BASE
@@ -27,12 +30,32 @@ STOPPING_GAIN = 0.5
 STOPPING_VELOCITY = 0.2
 
 
+@functools.lru_cache(maxsize=None)
+def _velocity_fit_matrix(m: int, dt: float) -> np.ndarray:
+    """[m, m] constant map from the projected displacements to the fitted speeds.
+
+    The speed fit's design rows are dt (cos, sin)(theta_k) times the cumulative-sum basis, and
+    cos^2 + sin^2 = 1, so its normal matrix does not depend on the trajectory: in terms of the
+    speeds v it is dt^2 I + (JERK_PENALTY / dt^2) D2^T D2 (D2 the second difference, the jerk
+    rows of the devkit's increment formulation). It is inverted once on the host in float64.
+    """
+    d2 = np.zeros((m - 2, m))
+    for r in range(m - 2):
+        d2[r, r:r + 3] = (1.0, -2.0, 1.0)
+    lhs = dt**2 * np.eye(m) + JERK_PENALTY / dt**2 * d2.T @ d2
+    return np.linalg.inv(lhs).astype(np.float32)
+
+
 def fit_profiles(poses, dt: float = DT):
     """Velocity and curvature profiles fitted to the reference poses (regularised least squares).
 
     The devkit solves ``pinv(A^T A + P) A^T y`` with accelerations / curvature rates as unknowns.
-    We solve the same normal equations with the unknowns rescaled to per-step increments
-    (``a dt``, ``r dt``) so the system is well conditioned in float32; the minimiser is identical.
+    Speed: the normal matrix is constant (see :func:`_velocity_fit_matrix`), so the fit is one
+    precomputed [M, M] matrix applied to dt (cos, sin)(theta) . dxy. Curvature: the same normal
+    equations with the unknowns rescaled to per-step increments (``r dt``, well conditioned in
+    float32), solved by Gauss-Jordan elimination in ``jnp`` (the matrix is symmetric positive
+    definite, so no pivoting is needed). No LAPACK call: LAPACK custom calls deadlock XLA:CPU
+    when several (fake) devices run them at once (the sharded PDM-Closed hang).
 
     Args:
       poses: [..., M+1, 3] reference poses at spacing ``dt`` (M = 40 for the simulator).
@@ -45,37 +68,44 @@ def fit_profiles(poses, dt: float = DT):
     heading = poses[..., :-1, 2]
     dtheta = wrap_angle(poses[..., 1:, 2] - poses[..., :-1, 2])      # [..., M]
 
-    # L[k, 0] = 1 (the initial value), L[k, j] = 1 for 1 <= j <= k (increments so far).
+    # Speed: argmin sum_k |dxy_k - dt (cos, sin)(theta_k) v_k|^2 + jerk penalty.
+    proj = dt * (jnp.cos(heading) * dxy[..., 0] + jnp.sin(heading) * dxy[..., 1])
+    velocity = jnp.einsum("ij,...j->...i", jnp.asarray(_velocity_fit_matrix(m, dt)), proj)
+
+    # Curvature: dtheta_k = dt v_k (kappa0 + sum_{i<k} dkappa_i); L[k, j] = 1 for j <= k.
     idx = jnp.arange(m)
-    lower = ((idx[None, :] <= idx[:, None]) | (idx[None, :] == 0)).astype(jnp.float32)
-    diff = (jnp.eye(m - 1, m - 1, 1) - jnp.eye(m - 1, m - 1))[:-1]   # [M-2, M-1] first difference
-    jerk_rows = jnp.concatenate([jnp.zeros((m - 2, 1)), diff], axis=1)
-
-    # Velocity: dxy_k = dt (cos, sin)(theta_k) (v0 + sum_{i<k} dv_i), jerk penalty on dv / dt^2.
-    basis = dt * lower
-    a_mat = jnp.concatenate([jnp.cos(heading)[..., :, None] * basis,
-                             jnp.sin(heading)[..., :, None] * basis], axis=-2)   # [..., 2M, M]
-    y = jnp.concatenate([dxy[..., 0], dxy[..., 1]], axis=-1)
-    reg = JERK_PENALTY / dt**2 * jerk_rows.T @ jerk_rows
-    z = _solve_normal(a_mat, y, reg)
-    velocity = z[..., :1] + jnp.concatenate(
-        [jnp.zeros_like(z[..., :1]), jnp.cumsum(z[..., 1:], axis=-1)], axis=-1)
-
-    # Curvature: dtheta_k = dt v_k (kappa0 + sum_{i<k} dkappa_i).
+    lower = (idx[None, :] <= idx[:, None]).astype(jnp.float32)
     a_mat = (dt * velocity)[..., :, None] * lower
     reg = jnp.diag(jnp.full((m,), CURVATURE_RATE_PENALTY / dt**2).at[0]
                    .set(INITIAL_CURVATURE_PENALTY))
     w = _solve_normal(a_mat, dtheta, reg)
-    curvature = w[..., :1] + jnp.concatenate(
-        [jnp.zeros_like(w[..., :1]), jnp.cumsum(w[..., 1:], axis=-1)], axis=-1)
+    curvature = jnp.cumsum(w, axis=-1)
     return velocity, curvature
 
 
 def _solve_normal(a_mat, y, reg):
-    """argmin ||y - A z||^2 + z^T reg z for A [..., n, m], y [..., n], reg [m, m] -> [..., m]."""
+    """argmin ||y - A z||^2 + z^T reg z for A [..., n, m], y [..., n], reg [m, m] -> [..., m]
+    (reg symmetric positive definite)."""
     lhs = jnp.swapaxes(a_mat, -1, -2) @ a_mat + reg
     rhs = jnp.einsum("...nm,...n->...m", a_mat, y)
-    return jnp.linalg.solve(lhs, rhs[..., None])[..., 0]
+    return _solve_spd(lhs, rhs)
+
+
+def _solve_spd(lhs, rhs):
+    """Gauss-Jordan solve of a symmetric positive definite system, without pivoting (pure jnp,
+    a scan over the m pivots). lhs [..., m, m], rhs [..., m] -> [..., m]."""
+    m = lhs.shape[-1]
+    aug = jnp.concatenate([lhs, rhs[..., None]], -1)                 # [..., m, m+1]
+
+    def eliminate(mat, j):
+        row = jnp.take(mat, j, axis=-2) / jnp.take(jnp.take(mat, j, axis=-2), j, axis=-1)[
+            ..., None]                                                  # [..., m+1]
+        col = jnp.where(jnp.arange(m) == j, 0.0, jnp.take(mat, j, axis=-1))   # [..., m]
+        mat = mat - col[..., :, None] * row[..., None, :]
+        return jnp.where((jnp.arange(m) == j)[:, None], row[..., None, :], mat), None
+
+    aug, _ = jax.lax.scan(eliminate, aug, jnp.arange(m))
+    return aug[..., m]
 
 
 def control(index, state, poses, velocity, curvature, dt: float = DT,

@@ -36,7 +36,10 @@ class ScoreDetails:
     states [B,K,41,11]: the simulated candidates. reference_states [B,41,11]: PDM-Closed
     simulated; reference_poses [B,51,3]: its IDM poses (zeros when the reference was passed in
     as states). human_states [B,41,11]: the simulated expert. raw: ``metrics.score_states``
-    dict for the candidates ([B,K] sub-metrics and [B,K,41] ego-area flags).
+    dict for the candidates ([B,K] sub-metrics and [B,K,41] ego-area flags; ``area_overflow``
+    [B,K,41] marks poses that overlapped more than ``metrics.AREA_CAPACITY`` polygon boxes,
+    where the area flags may be inexact, ``agent_overflow`` [B,K,41] likewise for NC/TTC and
+    ``metrics.AGENT_CAPACITY``).
     reference_progress, reference_multiplier [B]. unfiltered: SubScores [B,K] before the human
     filter. human: SubScores [B] of the expert. pdms_v1 [B,K]: NAVSIM v1 PDMS. epdms [B,K].
     """
