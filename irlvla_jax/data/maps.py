@@ -147,6 +147,22 @@ def _fid_str(v) -> str | None:
     return str(int(v))
 
 
+def _edges(ids, sources, targets) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Graph edges ``ids[i]: sources[i] -> targets[i]`` as (outgoing, incoming) id lists per
+    node, in file order (PDM's tie-breaks depend on it)."""
+    out: dict[str, list[str]] = {}
+    inc: dict[str, list[str]] = {}
+    for eid, a, b in zip(ids, sources, targets):
+        out.setdefault(a, []).append(eid)
+        inc.setdefault(b, []).append(eid)
+    return out, inc
+
+
+def _optional_column(df, name: str) -> list:
+    """A column's values, or None per row when the layer lacks that column."""
+    return df[name].tolist() if name in df else [None] * len(df)
+
+
 def _speed(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
@@ -217,15 +233,11 @@ class MapAPI:
         lanes_df, conns_df = f["lanes_polygons"], f["lane_connectors"]
         exit_ids = [_fid_str(v) for v in col(conns_df, "exit_lane_fid", "lane_connectors")]
         entry_ids = [_fid_str(v) for v in col(conns_df, "entry_lane_fid", "lane_connectors")]
-        lane_out: dict[str, list[str]] = {}
-        lane_in: dict[str, list[str]] = {}
-        for cid, ex, en in zip(conns_df.index, exit_ids, entry_ids):
-            lane_out.setdefault(ex, []).append(cid)   # a connector leaves its exit lane
-            lane_in.setdefault(en, []).append(cid)    # and enters its entry lane
+        # a connector leaves its exit lane and enters its entry lane
+        lane_out, lane_in = _edges(conns_df.index, exit_ids, entry_ids)
 
         self.lanes: dict[str, Lane] = {}
-        speeds = lanes_df["speed_limit_mps"].tolist() if "speed_limit_mps" in lanes_df else \
-            [None] * len(lanes_df)
+        speeds = _optional_column(lanes_df, "speed_limit_mps")
         for lid, rb, idx, sp, geom in zip(
                 lanes_df.index, col(lanes_df, "lane_group_fid", "lanes_polygons"),
                 col(lanes_df, "lane_index", "lanes_polygons"), speeds, lanes_df.geometry):
@@ -236,8 +248,7 @@ class MapAPI:
                                    lane_in.get(lid, []), lane_out.get(lid, []),
                                    int(idx) if idx is not None and not
                                    (isinstance(idx, float) and math.isnan(idx)) else -1)
-        speeds = conns_df["speed_limit_mps"].tolist() if "speed_limit_mps" in conns_df else \
-            [None] * len(conns_df)
+        speeds = _optional_column(conns_df, "speed_limit_mps")
         self.lane_connectors: dict[str, Lane] = {}
         for cid, rb, ex, en, sp in zip(conns_df.index, col(conns_df, "lane_group_connector_fid",
                                                             "lane_connectors"),
@@ -253,11 +264,7 @@ class MapAPI:
         rb_df, rbc_df = f["lane_groups_polygons"], f["lane_group_connectors"]
         frm = [_fid_str(v) for v in col(rbc_df, "from_lane_group_fid", "lane_group_connectors")]
         to = [_fid_str(v) for v in col(rbc_df, "to_lane_group_fid", "lane_group_connectors")]
-        rb_out: dict[str, list[str]] = {}
-        rb_in: dict[str, list[str]] = {}
-        for cid, a, b in zip(rbc_df.index, frm, to):
-            rb_out.setdefault(a, []).append(cid)
-            rb_in.setdefault(b, []).append(cid)
+        rb_out, rb_in = _edges(rbc_df.index, frm, to)
         rb_lanes: dict[str, list[str]] = {}
         for lane in self.lanes.values():
             rb_lanes.setdefault(lane.roadblock_id, []).append(lane.id)

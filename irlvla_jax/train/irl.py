@@ -266,10 +266,9 @@ _JITTED: dict = {}
 
 def _jit_shared(fn):
     """One jitted wrapper per underlying function, so train and eval share compiled programs."""
-    key = getattr(fn, "__wrapped_key__", fn)
-    if key not in _JITTED:
-        _JITTED[key] = jax.jit(fn)
-    return _JITTED[key]
+    if fn not in _JITTED:
+        _JITTED[fn] = jax.jit(fn)
+    return _JITTED[fn]
 
 
 def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
