@@ -5,7 +5,8 @@
 
 Batches are random well-formed scenes (tests/policy_scenes.py) of the config's sizes, so the
 numbers measure the model and the step, not the input pipeline. FLOPs come from XLA's cost
-analysis of the compiled step (per step, whole global batch).
+analysis of the compiled step (per device, times the device count for the whole global batch);
+MFU divides the per-device rate by the device's peak (datasheet table below, or --peak-tflops).
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ from irlvla_jax.train import il  # noqa: E402
 import policy_scenes  # noqa: E402
 
 
+# Dense peak TFLOP/s per chip for MFU, by jax device_kind substring (bf16 on accelerators;
+# vendor datasheet figures, without sparsity). CPU has no fixed peak: pass --peak-tflops.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0,
+               "TPU v5p": 459.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v4": 275.0,
+               "TPU v6": 918.0}
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    for key, value in PEAK_TFLOPS.items():
+        if key.lower() in device_kind.lower():
+            return value
+    return None
+
+
 def load_config(path):
     spec = importlib.util.spec_from_file_location("bench_cfg", path)
     mod = importlib.util.module_from_spec(spec)
@@ -42,12 +57,18 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=0, help="global batch (0: config's)")
     ap.add_argument("--no-semantic", action="store_true", help="disable the semantic LM")
+    ap.add_argument("--dtype", default="", help="compute dtype override, e.g. bfloat16")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="per-device peak TFLOP/s for MFU (default: from the device kind; "
+                         "required on CPU)")
     args = ap.parse_args()
     config = load_config(args.config)
     if args.batch:
         config.data.batch_size = args.batch
     if args.no_semantic:
         config.model.use_semantic = False
+    if args.dtype:
+        config.model.dtype = args.dtype
     mesh = parallel.make_mesh(config.mesh)
     parallel.check_batch_divisible(config.data.batch_size, mesh)
     sizes = types.SceneSizes.from_config(config.data.sizes)
@@ -63,7 +84,10 @@ def main():
     t_compile = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    # XLA's cost analysis of an SPMD program is per device (checked: a matmul sharded over 4
+    # fake devices reports a quarter of the unsharded FLOPs); the step's total is x devices.
+    flops_dev = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    flops = flops_dev * jax.device_count()
 
     state, m = compiled(state, batch, jax.random.PRNGKey(1))          # warm-up
     jax.block_until_ready(m)
@@ -84,6 +108,13 @@ def main():
     print(f"model FLOPs per step {flops / 1e9:.2f} GFLOP  "
           f"({flops / config.data.batch_size / 1e9:.3f} GFLOP/sample, "
           f"{flops / step_s / 1e12:.3f} TFLOP/s achieved)")
+    kind = jax.devices()[0].device_kind
+    peak = args.peak_tflops or peak_tflops(kind)
+    if peak:
+        achieved = flops_dev / step_s / 1e12
+        print(f"MFU {100 * achieved / peak:.2f}% of {peak:.0f} TFLOP/s per device ({kind})")
+    else:
+        print(f"MFU: no peak figure known for device kind '{kind}'; pass --peak-tflops")
     print(f"loss {float(m['loss']):.3f}")
 
 

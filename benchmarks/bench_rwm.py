@@ -7,7 +7,11 @@ Both run on the same scenes and the same K candidates per scene (expert + vocabu
 perturbations), each compiled once and then timed over ``--repeats`` calls (compile time is
 reported apart). The official NAVSIM scorer is Python/shapely: its figure is the spec's (tens of
 milliseconds per trajectory, spec/IRL_VLA.md), quoted for reference, not measured here.
-The RWM's parameters are random: its speed does not depend on what it has learned.
+The RWM's parameters are random: its speed does not depend on what it has learned. Both sides
+share the per-scene work across the K candidates (the RWM encodes the scene once; the scorer
+builds the observation, PDM-Closed reference and human trajectory once), both include it in the
+timed call, and the RWM is timed as configured (``config.rwm.interaction`` features included).
+The scorer runs without the previous-frame plan (EC weight 0), which the IRL labeller adds.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """Scorer throughput: trajectories scored per second vs batch size, candidates, agents, polygons.
 
-    .venv/bin/python benchmarks/bench_scorer.py                        # default sweep, CPU
+    .venv/bin/python benchmarks/bench_scorer.py                        # B 1,4; K 64; A 50; P 128
     .venv/bin/python benchmarks/bench_scorer.py --batch 1,8 --k 64 --agents 50 --polygons 128
+    .venv/bin/python benchmarks/bench_scorer.py --sweep                # one axis at a time
     JAX_PLATFORMS=cuda .venv/bin/python benchmarks/bench_scorer.py --batch 8,64 --k 256
+
+    # Side by side with another source tree (e.g. the last commit), same machine load:
+    git archive HEAD irlvla_jax | tar -x -C /tmp/base
+    .venv/bin/python benchmarks/bench_scorer.py --baseline /tmp/base
 
 Scenes are NAVSIM-sized synthetic worlds (a multi-lane road grid with ``--polygons`` map
 polygons of 24 vertices, ``--agents`` moving and static objects, a 200-vertex centreline,
@@ -13,13 +18,20 @@ polygons of 24 vertices, ``--agents`` moving and static objects, a 200-vertex ce
 * ``cands``: ``scorer.score_with`` on a precomputed observation and reference — the per-
   candidate cost alone (what a training loop pays when it caches the per-scene work).
 
-Compilation is excluded (timed separately); each timing is the median of ``--reps`` runs.
+Compilation is timed apart; each timing is the median of ``--reps`` runs, and the load average
+(``os.getloadavg``, 1 min) is printed beside it, since the CPU may be shared. ``fb`` columns: the
+share of candidate poses whose ego-area pre-selection overflowed, and of candidates whose
+NC/TTC agent pre-selection did, i.e. that took the exact fallback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -118,7 +130,7 @@ def _time(fn, args, reps):
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    return float(np.median(ts)), out
 
 
 def bench(batch, k, agents, polygons, reps, seed=0):
@@ -130,12 +142,13 @@ def bench(batch, k, agents, polygons, reps, seed=0):
     scenes = [synthetic_scene(sizes, rng, agents, polygons) for _ in range(batch)]
     scene = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *scenes)
     plans = jnp.asarray(candidate_plans(rng, batch, k, np.asarray(scene.ego_velocity[:, 0])))
+    load0 = os.getloadavg()[0]
 
     full = jax.jit(scorer.score)
     t0 = time.perf_counter()
     full_c = full.lower(scene, plans).compile()
     compile_full = time.perf_counter() - t0
-    t_full = _time(full_c, (scene, plans), reps)
+    t_full, (_, details) = _time(full_c, (scene, plans), reps)
 
     obs = jax.jit(jax.vmap(observation.build_observation))(scene)
     _, ref = jax.jit(jax.vmap(pdm_closed.pdm_closed))(scene)
@@ -143,16 +156,45 @@ def bench(batch, k, agents, polygons, reps, seed=0):
     t0 = time.perf_counter()
     cands_c = cands.lower(scene, plans, obs, ref).compile()
     compile_cands = time.perf_counter() - t0
-    t_cands = _time(cands_c, (scene, plans, obs, ref), reps)
+    t_cands, _ = _time(cands_c, (scene, plans, obs, ref), reps)
     n = batch * k
+    raw = details.raw
     return dict(device=jax.devices()[0].platform, batch=batch, k=k, agents=agents,
                 polygons=polygons, full_traj_per_s=n / t_full, cands_traj_per_s=n / t_cands,
                 full_s=t_full, cands_s=t_cands, compile_full_s=compile_full,
-                compile_cands_s=compile_cands)
+                compile_cands_s=compile_cands,
+                area_fallback=float(np.asarray(raw["area_overflow"]).mean()),
+                agent_fallback=float(np.asarray(raw["agent_overflow"]).any(-1).mean()),
+                load=0.5 * (load0 + os.getloadavg()[0]))
 
 
 def _ints(s):
     return [int(x) for x in s.split(",")]
+
+
+HEADER = (f"{'src':>4} {'dev':>4} {'B':>4} {'K':>5} {'A':>4} {'P':>4} | {'full traj/s':>11} "
+          f"{'cands traj/s':>12} | {'full s':>7} {'cands s':>7} | {'compile s':>9} | "
+          f"{'fb area':>7} {'fb agent':>8} | load")
+
+
+def _row(src, r):
+    return (f"{src:>4} {r['device']:>4} {r['batch']:>4} {r['k']:>5} {r['agents']:>4} "
+            f"{r['polygons']:>4} | {r['full_traj_per_s']:>11.0f} {r['cands_traj_per_s']:>12.0f} | "
+            f"{r['full_s']:>7.3f} {r['cands_s']:>7.3f} | "
+            f"{r['compile_full_s']:>4.0f},{r['compile_cands_s']:>4.0f} | "
+            f"{100 * r.get('area_fallback', float('nan')):>6.1f}% "
+            f"{100 * r.get('agent_fallback', float('nan')):>7.1f}% | {r.get('load', float('nan')):.1f}")
+
+
+def _baseline(src, b, k, agents, polygons, reps):
+    """The same measurement with the ``irlvla_jax`` package of another source tree."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+        cmd = [sys.executable, os.path.abspath(__file__), "--batch", str(b), "--k", str(k),
+               "--agents", str(agents), "--polygons", str(polygons), "--reps", str(reps),
+               "--json", f.name, "--quiet"]
+        subprocess.run(cmd, env=env, check=True, cwd=os.path.abspath(src))
+        return json.loads(open(f.name).read().splitlines()[-1])
 
 
 def main():
@@ -161,24 +203,33 @@ def main():
     p.add_argument("--k", type=_ints, default=[64])
     p.add_argument("--agents", type=_ints, default=[50])
     p.add_argument("--polygons", type=_ints, default=[128])
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--sweep", action="store_true",
+                   help="around B 4, K 64, A 50, P 128: B 1,4,16; A 20,100; P 64,256")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--baseline", default="",
+                   help="a source tree to measure too (its irlvla_jax), interleaved per config")
     p.add_argument("--json", default="", help="also write the results here (JSON lines)")
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
-    print(f"devices: {jax.devices()}")
-    print(f"{'dev':>4} {'B':>4} {'K':>5} {'A':>4} {'P':>4} | {'full traj/s':>11} "
-          f"{'cands traj/s':>12} | {'full s':>7} {'cands s':>7} | compile s (full, cands)")
-    for agents in a.agents:
-        for polygons in a.polygons:
-            for k in a.k:
-                for b in a.batch:
-                    r = bench(b, k, agents, polygons, a.reps)
-                    print(f"{r['device']:>4} {b:>4} {k:>5} {agents:>4} {polygons:>4} | "
-                          f"{r['full_traj_per_s']:>11.0f} {r['cands_traj_per_s']:>12.0f} | "
-                          f"{r['full_s']:>7.3f} {r['cands_s']:>7.3f} | "
-                          f"{r['compile_full_s']:.0f}, {r['compile_cands_s']:.0f}", flush=True)
-                    if a.json:
-                        with open(a.json, "a") as f:
-                            f.write(json.dumps(r) + "\n")
+    if a.sweep:
+        configs = [(b, 64, 50, 128) for b in (1, 4, 16)] + [(4, 64, 20, 128), (4, 64, 100, 128),
+                                                             (4, 64, 50, 64), (4, 64, 50, 256)]
+    else:
+        configs = [(b, k, ag, po) for ag in a.agents for po in a.polygons for k in a.k
+                   for b in a.batch]
+    if not a.quiet:
+        print(f"devices: {jax.devices()}  (timings: median of {a.reps}; load: 1-min average)")
+        print(HEADER)
+    for b, k, agents, polygons in configs:
+        if a.baseline:
+            print(_row("base", _baseline(a.baseline, b, k, agents, polygons, a.reps)),
+                  flush=True)
+        r = bench(b, k, agents, polygons, a.reps)
+        if not a.quiet:
+            print(_row("new" if a.baseline else "", r), flush=True)
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":

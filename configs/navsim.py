@@ -57,6 +57,7 @@ def get_config():
         qkv_bias=True, tie_word_embeddings=True))
 
     # --- model.planner + il at paper scale (developer P) -----------------------------------
+    c.model.agent_vectors = False    # agents from camera/LiDAR perception only (the paper's setting)
     c.model.planner.update(dict(num_anchors=20, d_model=256, num_heads=8, num_blocks=2,
                                 mlp_ratio=4, fourier_freqs=8, bev_pool=4))
     c.il.update(dict(num_steps=8000, lr=2e-4, warmup_steps=500, weight_decay=1e-2,

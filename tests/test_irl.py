@@ -182,13 +182,67 @@ def test_quality_metrics_perfect_vs_baseline():
     true = rng.uniform(size=(n, k))
     outs = dict(y, reward=true.copy(), true=true, ec_weight=np.ones((n, k)),
                 binary_prob=np.stack([y[f"y_{m}"] for m in R.BINARY_METRICS], -1),
-                nc_pred=np.round(2 * y["y_nc"]), ddc_pred=np.round(2 * y["y_ddc"]),
-                ep_pred=y["y_ep"])
+                nc_prob=np.eye(3)[np.round(2 * y["y_nc"]).astype(int)],
+                ddc_prob=np.eye(3)[np.round(2 * y["y_ddc"]).astype(int)],
+                ep_pred=y["y_ep"], source=np.asarray([C.EXPERT] + [C.POLICY] * (k - 1)))
     q = irl.quality_metrics(outs, {"label/epdms": 0.5, "label/dac": 0.7})
     r, base = q["rwm"], q["mean_baseline"]
     assert r["acc_dac"] == 1.0 and r["auc_dac"] == 1.0 and r["acc_nc"] == 1.0
+    assert r["bacc_dac"] == 1.0 and r["bacc_nc"] == 1.0 and r["bacc_ddc"] == 1.0
     assert r["mae_ep"] == 0.0 and r["regret"] == 0.0 and r["spearman"] == pytest.approx(1.0)
+    assert r["expert_vs_policy"] == 1.0 and r["expert_top_policy"] == 1.0
     assert base["auc_dac"] == 0.5 and base["spearman"] == 0.0 and base["regret"] > 0.1
+    assert base["bacc_dac"] == 0.5 and base["bacc_nc"] == pytest.approx(1 / 3)
+    # A constant reward ranks nothing: pairs are ties (1/2), the expert is first by chance.
+    assert base["expert_vs_policy"] == 0.5 and base["expert_top_policy"] < 0.5
+
+
+def test_expert_ranking_counts_only_pairs_the_scorer_agrees_with():
+    true = np.asarray([[0.8, 0.9, 0.5, 0.5], [0.3, 0.2, 0.1, 0.9]])
+    source = np.asarray([C.EXPERT, C.POLICY, C.POLICY, C.VOCAB])
+    # scene 0: policy slot 1 beats the expert by the scorer: only slot 2 counts (won);
+    # scene 1: both policy slots count, slot 1 is ranked above the expert (lost).
+    pred = np.asarray([[0.5, 0.9, 0.4, 0.0], [0.5, 0.6, 0.1, 0.0]])
+    pw, top = irl._expert_ranking(pred, true, source, ("policy",))
+    assert pw == pytest.approx(2 / 3) and top == pytest.approx(0.5)
+    pw, top = irl._expert_ranking(np.zeros_like(pred), true, source, ("policy",))
+    assert pw == 0.5 and top == pytest.approx((1 / 2 + 1 / 3) / 2)
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_balanced_loss_with_logit_adjustment_keeps_probabilities_calibrated(calibrate):
+    """Constant predictors fitted by the supervised loss on labels with 10% failures
+    (binary) and 10% / 20% / 70% classes (3-class): class balancing alone pulls the
+    probabilities towards the rare classes; with the logit adjustment they are the label
+    frequencies, which the expected-score reward needs."""
+    cfg = make_config().irl.to_dict()
+    cfg.update(balance=True, calibrate=calibrate, balance_max_weight=100.0)
+    n = 100
+    fail = (np.arange(n) < 10).astype(np.float32)[None]
+    three = np.where(np.arange(n) < 10, 0.0, np.where(np.arange(n) < 30, 0.5, 1.0))[None]
+    ones = jnp.ones((1, n))
+    labels = types.SubScores(nc=jnp.asarray(three), ddc=ones, dac=jnp.asarray(1 - fail),
+                             tlc=ones, ep=ones, ttc=ones, lk=ones, hc=ones, ec=ones,
+                             ec_weight=ones)
+
+    def loss(theta):
+        pred = R.Predictions(
+            nc_logits=jnp.broadcast_to(theta[:3], (1, n, 3)), ddc_logits=jnp.zeros((1, n, 3)),
+            binary_logits=jnp.broadcast_to(jnp.zeros(6).at[0].set(theta[3]), (1, n, 6)),
+            ep_logit=jnp.zeros((1, n)))
+        return irl.supervised_loss(pred, labels, cfg)[0]
+
+    grad = jax.jit(jax.grad(loss))
+    theta = jnp.zeros(4)
+    for _ in range(600):
+        theta = theta - 20.0 * grad(theta)
+    p_nc, p_dac = jax.nn.softmax(theta[:3]), jax.nn.sigmoid(theta[3])
+    if calibrate:
+        np.testing.assert_allclose(p_nc, [0.1, 0.2, 0.7], atol=0.02)
+        np.testing.assert_allclose(p_dac, 0.9, atol=0.02)
+    else:                                  # inverse-frequency weights: uniform probabilities
+        np.testing.assert_allclose(p_nc, [1 / 3] * 3, atol=0.02)
+        np.testing.assert_allclose(p_dac, 0.5, atol=0.02)
 
 
 def test_run_without_il_checkpoint_says_what_to_do(tmp_path):

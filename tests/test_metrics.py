@@ -1,6 +1,7 @@
 """The nine EPDMS sub-metrics on hand-built scenes (spec/EPDMS.md §5, §6)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.signal
@@ -170,53 +171,72 @@ def test_inconsistent_plan_fails_extended_comfort():
     assert float(ec(straight, turning)) == 0.0
 
 
-def test_culled_ego_areas_equal_testing_every_polygon():
-    """The per-pose polygon pre-selection (bounding-box overlap, ``capacity`` slots) gives the
-    exhaustive flags wherever it reports no overflow, and flags the poses where it overflows."""
-    rng = np.random.default_rng(3)
-    scene = sc.road_scene()
-    # Scatter small random quads over the road as extra polygons of every type.
+def _scatter_quads(scene, rng):
+    """Small random quads of every type over the road, as extra map polygons."""
     for i in range(4, sc.SIZES.max_polygons):
         c = rng.uniform([-5, -4], [30, 6])
         ring = c + rng.uniform(-3, 3, (4, 2))
-        scene.map_polygons[i] = np.concatenate([ring, np.repeat(ring[:1], sc.SIZES.max_polygon_vertices - 4, 0)])
+        scene.map_polygons[i] = np.concatenate(
+            [ring, np.repeat(ring[:1], sc.SIZES.max_polygon_vertices - 4, 0)])
         scene.map_polygon_type[i] = rng.integers(0, len(types.MAP_POLYGON_TYPES))
         scene.map_polygon_on_route[i] = rng.random() < 0.5
         scene.map_polygon_valid[i] = True
+    return scene
+
+
+def test_culled_ego_areas_equal_testing_every_polygon():
+    """The per-point polygon pre-selection (bounding boxes containing the point, ``capacity``
+    slots) gives the exhaustive flags everywhere: poses that overflow it are flagged and redone
+    against every polygon (the exact fallback)."""
+    rng = np.random.default_rng(3)
+    scene = sc.as_jnp(_scatter_quads(sc.road_scene(), rng))
     poses = np.stack([rng.uniform(-2, 28, 400), rng.uniform(-3, 5, 400),
                       rng.uniform(-np.pi, np.pi, 400)], -1).astype(np.float32)
     corners, centre = geo.ego_corners(poses), geo.ego_center(poses)
     points = np.concatenate([corners, centre[:, None], poses[:, None, :2]], 1)
-    full = jax.jit(metrics.ego_areas, static_argnums=2)(points, sc.as_jnp(scene), None)
-    for capacity in (2, 4):
-        culled = jax.jit(metrics.ego_areas, static_argnums=2)(points, sc.as_jnp(scene), capacity)
-        ok = ~np.asarray(culled["area_overflow"])
-        assert 0.2 < ok.mean() and (capacity > 2 or ok.mean() < 1.0)
+    areas = jax.jit(metrics.ego_areas, static_argnums=2)
+    full = areas(points, scene, None)
+    assert not np.asarray(full["area_overflow"]).any()
+    for capacity in (1, 2):
+        culled = areas(points, scene, capacity)
+        overflow = np.asarray(culled["area_overflow"]).mean()
+        assert {1: overflow == 1, 2: 0 < overflow < 1}[capacity], overflow
         for name in ("multiple_lanes", "non_drivable", "oncoming", "centre_in_intersection",
                      "rear_in_intersection"):
-            np.testing.assert_array_equal(np.asarray(culled[name])[ok],
-                                          np.asarray(full[name])[ok], err_msg=name)
-    assert not np.asarray(full["area_overflow"]).any()
+            np.testing.assert_array_equal(np.asarray(culled[name]), np.asarray(full[name]),
+                                          err_msg=f"{name}, capacity {capacity}")
+    for name in ("multiple_lanes", "non_drivable", "oncoming"):
+        assert 0 < np.asarray(full[name]).mean() < 1, name       # the scene exercises each flag
 
 
-def test_agent_preselection_equals_testing_every_agent(monkeypatch):
-    """NC and TTC test only the agents whose boxes come near the ego (``AGENT_CAPACITY`` of
-    them per step): with room for one agent they agree with room for all wherever no step
-    overflowed, and the crowded scene does overflow."""
-    scene = sc.road_scene(8.0)
+def test_preselection_overflow_falls_back_to_exact():
+    """Capacities far below the scene's relevant agents / polygons (1 slot each) give the
+    sub-metrics of testing everything, also vmapped over scenes where only one overflows (the
+    fallback loop runs for the batch and must keep the other scene's values)."""
+    crowded = _scatter_quads(sc.road_scene(8.0), np.random.default_rng(4))
     for row, (x, y, vx) in enumerate([(12.0, 0.0, 1.0), (18.0, 0.3, 2.0), (25.0, 3.5, 0.0),
                                       (-12.0, 0.0, 9.0)]):   # a queue ahead, one behind
-        sc.add_agent(scene, row, x=x, y=y, vx=vx)
-    states = np.stack([sc.constant_accel_states(v) for v in (2.0, 5.0, 8.0, 11.0)]).astype(
-        np.float32)
-    obs, scn = sc.simple_observation(scene), sc.as_jnp(scene)
-    full = jax.jit(metrics.score_states)(states, obs, scn)
-    monkeypatch.setattr(metrics, "AGENT_CAPACITY", 1)
-    # A fresh function object: jax.jit's cache is keyed on it and would reuse the first trace.
-    one = jax.jit(lambda *a: metrics.score_states(*a))(states, obs, scn)
-    overflow = np.asarray(one["agent_overflow"]).any(-1)
-    assert overflow.any() and not np.asarray(full["agent_overflow"]).any()
-    for name in ("nc", "ttc"):
-        np.testing.assert_array_equal(np.asarray(one[name])[~overflow],
-                                      np.asarray(full[name])[~overflow], err_msg=name)
-    assert (np.asarray(full["nc"]) < 1).any() and (np.asarray(full["ttc"]) < 1).any()
+        sc.add_agent(crowded, row, x=x, y=y, vx=vx)
+    plain = sc.road_scene(8.0)
+    states = np.stack([sc.constant_accel_states(v) for v in (2.0, 5.0, 8.0, 11.0)] +
+                      [sc.constant_accel_states(6.0, y=y) for y in (2.5, -1.5)]).astype(
+                          np.float32)
+    scenes = [crowded, plain]
+    obs = jax.tree.map(lambda *x: jnp.stack(x), *[sc.simple_observation(s) for s in scenes])
+    batch = jax.tree.map(lambda *x: jnp.stack(x), *[sc.as_jnp(s) for s in scenes])
+    states = np.stack([states, states])
+
+    def run(area, agent):
+        f = jax.vmap(lambda st, o, s: metrics.score_states(st, o, s, area, agent))
+        return jax.tree.map(np.asarray, jax.jit(f)(states, obs, batch))
+
+    full, one = run(None, None), run(1, 1)
+    assert not full["agent_overflow"].any() and not full["area_overflow"].any()
+    assert one["agent_overflow"][0].any() and one["area_overflow"][0].any()
+    assert not one["agent_overflow"][1].any()
+    for name, want in full.items():
+        if not name.endswith("overflow"):
+            np.testing.assert_array_equal(one[name], want, err_msg=name)
+    # The crowded scene has collisions, TTC failures and lane / drivable-area events.
+    assert (full["nc"][0] < 1).any() and (full["ttc"][0] < 1).any()
+    assert full["multiple_lanes"][0].any() and full["non_drivable"][0].any()

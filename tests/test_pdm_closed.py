@@ -97,6 +97,34 @@ def test_idm_step_matches_formula():
     np.testing.assert_allclose(v, 5.0 - 0.3, rtol=1e-6)
 
 
+def test_corridor_culling_is_exact(monkeypatch):
+    """Corridor membership tests each object against the rectangles of the few chunks whose
+    bounding box overlaps it; objects overlapping more chunks than slots take the exhaustive
+    test. With one slot (rows overlapping two or more chunks overflow, the others do not) it
+    equals testing every rectangle."""
+    d = straight_road()
+    path = jnp.asarray(d["centerline"])
+    path = path.at[:, 1].set(0.02 * (path[:, 0] - 20.0) ** 2 / 10.0)    # a bend
+    valid = jnp.asarray(d["centerline_valid"])
+    rects, mask = pc._corridor(path, valid, 5.0, 90.0)
+    rng = np.random.default_rng(2)
+    xy = np.stack([rng.uniform(-5, 100, 400), rng.uniform(-5, 40, 400)], -1)
+    boxes = geometry.box_corners(jnp.asarray(xy, jnp.float32), rng.uniform(-3, 3, 400),
+                                 rng.uniform(0.5, 12, 400), rng.uniform(0.5, 3, 400))
+    boxes = boxes.reshape(4, 100, 4, 2)
+    present = jnp.asarray(rng.random((4, 100)) < 0.9)
+    monkeypatch.setattr(pc, "CORRIDOR_CHUNK_CAPACITY", 1)
+
+    @jax.jit
+    def both(rects, mask, boxes, present):
+        want = (geometry.convex_intersect(boxes[:, :, None], rects[None, None]) & mask).any(-1)
+        return pc._in_corridor(rects[None], mask[None], boxes, present), (want & present)[:, None]
+
+    got, want = both(rects, mask, boxes, present)
+    assert 20 < np.asarray(want).sum() < 380
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_free_road_accelerates_towards_speed_limit(free_and_lead):
     out = free_and_lead[0]
     best = int(out["best"])

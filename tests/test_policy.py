@@ -28,9 +28,10 @@ def _shapes(config, batch):
     return variables, tokens, chain
 
 
-@pytest.mark.parametrize("use_semantic", [True, False])
-def test_token_and_chain_shapes(use_semantic):
+@pytest.mark.parametrize("use_semantic,agent_vectors", [(True, True), (False, False)])
+def test_token_and_chain_shapes(use_semantic, agent_vectors):
     c = ps.small_config(use_semantic=use_semantic)
+    c.model.agent_vectors = agent_vectors
     variables, tok, chain = _shapes(c, 2)
     d, m = c.model.planner.d_model, c.model.planner.num_anchors
     hq, wq = c.model.bev.query_hw
@@ -38,6 +39,7 @@ def test_token_and_chain_shapes(use_semantic):
     assert tok.bev.shape == (2, (hq // p) * (wq // p), d)
     assert tok.bev_map.shape == (2, hq, wq, c.model.bev.dim)
     n_map = c.model.map.num_tokens + c.data.sizes.max_lanes
+    n_map += c.data.sizes.max_agents if agent_vectors else 0
     assert tok.map.shape == (2, n_map, d) and tok.map_valid.shape == (2, n_map)
     assert tok.obj.shape[:2] == (2, c.model.detection.num_queries)
     assert tok.aux["seg_logits"].shape == (2, *c.data.sizes.bev_hw, len(types.BEV_CLASSES))
@@ -51,6 +53,22 @@ def test_token_and_chain_shapes(use_semantic):
     assert chain.x.shape == (2, c.model.planner.sample_steps + 1, m, 8, 3)
     assert chain.traj.shape == (2, 8, 3) and chain.logprob.shape == (2, 2)
     assert variables["anchors"]["planner"]["value"].shape == (m, 8, 3)
+
+
+def test_agent_features_encode_the_current_boxes_and_mask_padding():
+    sizes = types.SceneSizes.from_config(ps.small_config().data.sizes)
+    s = types.zeros_scene(sizes, (1,))
+    s.agent_states[0, 0, 0] = [10.0, -5.0, np.pi / 2, 3.0, 0.0]
+    s.agent_size[0, 0] = [4.5, 2.0, 1.6]
+    s.agent_class[0, 0] = types.PEDESTRIAN
+    s.agent_valid[0, 0, 0] = True
+    s.agent_states[0, 1, 0] = [7.0, 7.0, 1.0, 1.0, 1.0]     # a padded slot with stale values
+    f, valid = policy_lib.agent_features(jax.tree.map(jnp.asarray, s))
+    assert f.shape == (1, sizes.max_agents, 8 + len(types.AGENT_CLASSES))
+    np.testing.assert_allclose(f[0, 0, :8], [0.2, -0.1, 0.0, 1.0, 0.3, 0.0, 0.9, 0.4], atol=1e-6)
+    assert int(jnp.argmax(f[0, 0, 8:])) == types.PEDESTRIAN
+    assert bool(valid[0, 0]) and not bool(jnp.any(valid[0, 1:]))
+    assert float(jnp.abs(f[0, 1:]).max()) == 0.0
 
 
 def test_paper_scale_builds_under_eval_shape():

@@ -172,6 +172,18 @@ def test_lidar_hits_box_front_face_at_range(box_world):
     assert pts[3, on_box].mean() > pts[3, pts[2] < -1.7].mean()
 
 
+def test_lidar_scan_when_every_candidate_box_is_missed():
+    # A box floating high above the sensor lies in the rays' azimuth window, but no ray of the
+    # 32 rings reaches it: the scan must still be all ground (this used to raise IndexError).
+    boxes, colors = car(15.0, 0.0, MAGENTA)
+    boxes = boxes.copy()
+    boxes[:, 2] = 200.0
+    pts = render.lidar_scan(render.RenderWorld(boxes=boxes, box_colors=colors), lidar_pose(),
+                            2000, 0)
+    assert pts.shape == (6, 2000) and np.all(np.isfinite(pts))
+    assert pts[2].max() < -1.7
+
+
 def test_lidar_points_are_in_the_lidar_frame(box_world):
     # LiDAR turned to face world +y: the box (world +x) is on its right, at lidar y = -12.75.
     pts = render.lidar_scan(box_world, lidar_pose(yaw=np.pi / 2), 20000, 2)

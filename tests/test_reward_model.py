@@ -140,3 +140,53 @@ def test_perturbation_kinds_do_what_they_say():
     np.testing.assert_allclose(C._heading(expert, jnp.zeros((1,))), expert, atol=1e-6)
     turned = C._heading(expert, jnp.full((1,), 0.3))
     np.testing.assert_allclose(turned[0, :, 2], 0.3, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+def test_interaction_features_see_the_agent_ahead_and_the_red_light():
+    """Straight at 10 m/s: a car 20 m ahead in the ego lane at 6 m/s is caught up with (the
+    gap shrinks by 2 m a waypoint and turns into an overlap at 3.5 s); a parked car in the
+    oncoming lane is never in the corridor; a red light on [18, 25] m is on only for the
+    waypoints that reach it, a green one never."""
+    s = ss.road_scene(speed=10.0)
+    ss.add_agent(s, 0, 20.0, 0.0, 6.0)
+    ss.add_agent(s, 1, 10.0, 3.5, 0.0)
+    ss.add_red_light(s, 0, 18.0, 25.0, red=True)
+    ss.add_red_light(s, 1, 40.0, 50.0, red=False)
+    scene = jax.tree.map(lambda x: x[None], ss.as_jnp(s))
+    t = 0.5 * np.arange(1, 9)
+    traj = jnp.asarray(np.stack([10.0 * t, np.zeros(8), np.zeros(8)], -1))[None, None]
+    f = np.asarray(jax.jit(R.interaction_features)(R.scene_geometry(scene), traj))[0, 0]
+    assert f.shape == (8, R.INTERACTION_DIM)
+    front = 10.0 * t + 1.461 + 2.588                           # ego front bumper x
+    gap = 20.0 + 6.0 * t - 2.25 - front
+    np.testing.assert_allclose(f[:, 2], np.clip(gap / 10.0, -1, 3), atol=1e-4)
+    np.testing.assert_array_equal(f[:, 0], (gap < 0).astype(np.float32))
+    np.testing.assert_allclose(f[:, 3], np.clip(np.maximum(gap, 0) / 10.0, 0, 3) / 3.0,
+                               atol=1e-4)
+    xs = np.stack([10.0 * t + 1.461 + d for d in (-2.588, 0.0, 2.588)])   # rear, centre, front
+    on_red = ((xs > 18) & (xs < 25)).any(0)
+    np.testing.assert_array_equal(f[:, 4], on_red.astype(np.float32))
+    # In the ego lane along the route centreline: on the road, in a route lane, centred.
+    np.testing.assert_allclose(f[:, 6:], 0.0, atol=1e-6)
+    # Stopped at the origin: nothing ahead within reach, no red light.
+    still = jnp.zeros((1, 1, 8, 3))
+    g = np.asarray(jax.jit(R.interaction_features)(R.scene_geometry(scene), still))[0, 0]
+    assert np.all(g[:, 0] == 0) and np.all(np.abs(g[:, 4:]) < 1e-6) and np.all(g[:, 3] == 1.0)
+    # Driving in the oncoming lane (y = 3.5: still a roadblock), then off the road (y = 9).
+    side = jnp.asarray([[[[x, y, 0.0] for x in 10.0 * t] for y in (3.5, 9.0)]])
+    m = np.asarray(jax.jit(R.interaction_features)(R.scene_geometry(scene), side))[0]
+    np.testing.assert_allclose(m[0, :, 6:], [[0.0, 1.0, 1.75]] * 8, atol=1e-4)
+    np.testing.assert_allclose(m[1, :, 6:], [[1.0, 1.0, 2.5]] * 8, atol=1e-4)
+
+
+def test_interaction_features_reach_the_heads():
+    cfg = rwm_cfg()
+    cfg.interaction = True
+    model = R.RewardModel(cfg)
+    scene = batch_scene()
+    params = R.init_params(model, scene, jax.random.PRNGKey(0))
+    trajs = jax.random.normal(jax.random.PRNGKey(1), (B, K, 8, 3)) * 3.0
+    pred = jax.jit(lambda p, s, t: R.apply(model, p, s, t))(params, scene, trajs)
+    assert pred.binary_logits.shape == (B, K, len(R.BINARY_METRICS))
+    assert params["inter_embed"]["fc1"]["kernel"].shape[0] == R.INTERACTION_DIM

@@ -407,6 +407,8 @@ def _hit_boxes(boxes: np.ndarray, origin: np.ndarray, d: np.ndarray, t: np.ndarr
     t_near, t_far = tmin_ax.max(-1), tmax_ax.min(-1)
     ok = (t_near <= t_far) & (t_near > 0)
     ri, bi, t_near, tmin_ax, dl = ri[ok], bi[ok], t_near[ok], tmin_ax[ok], dl[ok]
+    if not len(ri):           # every candidate pair missed its box (or lies behind the sensor)
+        return
     # Nearest box per ray: sort pairs by t, keep each ray's first, then compare with the ground.
     order = np.lexsort((t_near, ri))
     ri, bi, t_near, tmin_ax, dl = ri[order], bi[order], t_near[order], tmin_ax[order], dl[order]

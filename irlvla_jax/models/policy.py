@@ -4,6 +4,7 @@ r"""The VLA policy: semantic reasoning + 3D reasoning -> scene tokens -> unified
                                         |                          \--> map head -> map tokens + BEV seg
                                         +--> semantic reasoner (adaptor + LM, command) -> meta tokens
           --lane_vectors--> lane encoder -> more map tokens
+          --agent boxes at t=0--> agent encoder -> more map tokens (``agent_vectors``, optional)
           --ego status + command--> (encoded inside the planner)
     SceneTokens --> DiffusionPlanner (x0 prediction around k-means anchors) --DDIM--> Chain
 
@@ -59,6 +60,24 @@ def lane_features(lane_vectors: jax.Array) -> jax.Array:
     return f.reshape(*lane_vectors.shape[:2], -1)
 
 
+AGENT_SCALE_M = 50.0     # agent box centres are divided by this (like the lane vectors)
+
+
+def agent_features(scene: types.Scene) -> tuple[jax.Array, jax.Array]:
+    """The agents' current boxes as planner tokens (``config.model.agent_vectors``).
+
+    scene (batched) -> (features [B,A,8+C], valid [B,A]): x/50, y/50, cos h, sin h, vx/10,
+    vy/10, length/5, width/5 at t = 0, then the class one-hot (C = len(AGENT_CLASSES)).
+    """
+    st = scene.agent_states[:, :, 0].astype(jnp.float32)                        # [B,A,5]
+    size = scene.agent_size[..., :2].astype(jnp.float32) / 5.0
+    f = jnp.concatenate([st[..., :2] / AGENT_SCALE_M, jnp.cos(st[..., 2:3]),
+                         jnp.sin(st[..., 2:3]), st[..., 3:5] / 10.0, size,
+                         jax.nn.one_hot(scene.agent_class, len(types.AGENT_CLASSES))], axis=-1)
+    valid = scene.agent_valid[:, :, 0].astype(bool)
+    return jnp.where(valid[..., None], f, 0.0), valid
+
+
 def sincos_2d(h: int, w: int, dim: int) -> np.ndarray:
     """[h*w, dim] fixed 2-D sine/cosine position code of a grid (rows, then columns)."""
     q = dim // 4
@@ -90,6 +109,8 @@ class VLAPolicy(nn.Module):
             self.semantic = semantic_lib.SemanticReasoner(cfg.semantic, dtype=dt)
         d = int(cfg.planner.d_model)
         self.lane_encoder = layers.MLP(2 * d, d, dtype=dt)
+        if cfg.get("agent_vectors", False):
+            self.agent_encoder = layers.MLP(2 * d, d, dtype=dt)
         self.bev_proj = nn.Dense(d, dtype=dt)
         self.map_proj = nn.Dense(d, dtype=dt)     # map-head tokens to the lane tokens' width
         self.planner = planner_lib.DiffusionPlanner(cfg.planner, dtype=dt)
@@ -123,6 +144,13 @@ class VLAPolicy(nn.Module):
         map_all = jnp.concatenate([self.map_proj(map_tok), lanes.astype(self.dtype)], axis=1)
         map_valid = jnp.concatenate([jnp.ones(map_tok.shape[:2], bool),
                                      scene.lane_valid.astype(bool)], axis=1)
+        if self.cfg.get("agent_vectors", False):
+            # Privileged perception: the current frame's boxes join the map token set (which
+            # carries a validity mask), so the planner sees every agent whatever the detector.
+            feats, valid = agent_features(scene)
+            agents = self.agent_encoder(feats.astype(self.dtype))
+            map_all = jnp.concatenate([map_all, agents.astype(self.dtype)], axis=1)
+            map_valid = jnp.concatenate([map_valid, valid], axis=1)
 
         p = int(self.cfg.planner.get("bev_pool", 1))
         pooled = nn.avg_pool(bev, (p, p), (p, p)) if p > 1 else bev

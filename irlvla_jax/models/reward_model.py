@@ -14,7 +14,15 @@ Scene encoder, by ``cfg.scene_encoder``:
     caller encodes with the frozen policy and passes them in; gradients are stopped here),
     projected to the RWM width.
 Trajectory encoder: per waypoint (x, y, cos h, sin h, speed, yaw rate, acceleration) -> MLP +
-a learned time embedding: 8 tokens per candidate. ``num_blocks`` blocks of [self-attention
+a learned time embedding: 8 tokens per candidate. With ``cfg.interaction`` (default on) each
+waypoint also gets a few candidate-scene relations the attention would otherwise have to learn
+from raw coordinates (:func:`interaction_features`): box overlap with / clearance to the agents
+at the same time (their logged boxes at t = 0.5 .. 4 s), gap and time headway to the nearest
+agent ahead in the ego's corridor (TTC, NC), whether the ego is on an active red-light lane
+connector (TLC), off the drivable area (DAC), outside the route's lanes (DDC) and its distance
+to the route centreline (LK). They are plain geometry of the scene's vector fields, shared by
+both scene encoders, and enter through their own zero-initialised embedding added to the
+trajectory embedding (a no-op at initialisation). ``num_blocks`` blocks of [self-attention
 within the candidate -> cross-attention to the scene tokens -> FFN]. The K candidates of a
 scene share its tokens: queries of all K candidates attend to the same keys in one call, so
 the scene is never copied K times.
@@ -24,6 +32,7 @@ HC, EC binary (logit of "passes"); EP a sigmoid-bounded regression.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -32,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irlvla_jax import geometry as geo
 from irlvla_jax import types
 from irlvla_jax.models import layers
 from irlvla_jax.models.planner import SceneTokens
@@ -50,9 +60,11 @@ PLAN_DT = 0.5
 
 @flax.struct.dataclass
 class SceneContext:
-    """Encoded scene, shared by all candidates. tokens [B,N,D], valid [B,N] bool."""
+    """Encoded scene, shared by all candidates. tokens [B,N,D], valid [B,N] bool; geometry:
+    the raw fields :func:`interaction_features` needs (:func:`scene_geometry`), or None."""
     tokens: Any
     valid: Any
+    geometry: Any = None
 
 
 @flax.struct.dataclass
@@ -102,6 +114,139 @@ def trajectory_features(trajs):
     h = trajs[..., 2]
     return jnp.stack([trajs[..., 0] / POS_SCALE_M, trajs[..., 1] / POS_SCALE_M, jnp.cos(h),
                       jnp.sin(h), speed / SPEED_SCALE, yaw_rate, accel / ACCEL_SCALE], -1)
+
+
+#: Per-waypoint candidate-scene relations (:func:`interaction_features`).
+INTERACTION_DIM = 9
+CORRIDOR_MARGIN_M = 0.5   # lateral slack of the "agent ahead in my corridor" test
+FAR_GAP_M = 30.0          # gap reported when nothing is ahead / near
+_LANE_TYPES = (types.LANE, types.LANE_CONNECTOR)
+_DRIVABLE_TYPES = (types.ROADBLOCK, types.INTERSECTION, types.CARPARK_AREA)
+DRIVABLE_CAPACITY = 24    # drivable polygons nearest the ego tested for DAC (synthetic: <= 19)
+ROUTE_CAPACITY = 16       # on-route lanes + intersections tested for DDC (synthetic: <= 10)
+
+
+def _nearest_polygons(polys, vertex_valid, mask, capacity: int):
+    """The ``capacity`` polygons of ``mask`` nearest the ego (by their nearest vertex), zero
+    rings (contain nothing) in the unused slots. polys [B,P,V,2], vertex_valid [B,P,V],
+    mask [B,P] -> [B,C,V,2]. Testing points against these instead of all P polygons is what
+    keeps the map features cheap; a scene with more than C polygons of the layer near the
+    ego loses only its farthest ones."""
+    capacity = min(capacity, polys.shape[1])
+    d = jnp.where(vertex_valid, jnp.sum(polys ** 2, -1), jnp.inf).min(-1)       # [B,P]
+    order = jnp.argsort(jnp.where(mask, d, jnp.inf), axis=-1)[:, :capacity]
+    keep = jnp.take_along_axis(mask, order, axis=-1)
+    sel = jnp.take_along_axis(polys, order[..., None, None], axis=1)
+    return jnp.where(keep[..., None, None], sel, 0.0)
+
+
+def scene_geometry(scene: types.Scene) -> dict:
+    """The scene fields :func:`interaction_features` uses, batched [B]: agent boxes at the 8
+    waypoint times (t = 0.5 .. 4 s), their size and validity; red-light polygons and whether
+    each is an active red (valid, on the route the scorer uses, red) at 2 Hz frames 0..8; the
+    ``DRIVABLE_CAPACITY`` drivable polygons (roadblocks, intersections, car parks) and the
+    ``ROUTE_CAPACITY`` on-route lanes / intersections nearest the ego; the centreline."""
+    red = (jnp.asarray(scene.red_light_is_red, bool)
+           & (scene.red_light_valid & scene.red_light_on_route)[..., None])
+    t, v = scene.map_polygon_type, scene.map_polygon_valid.astype(bool)
+    lane = v & ((t == _LANE_TYPES[0]) | (t == _LANE_TYPES[1]))
+    drivable = v & functools.reduce(jnp.logical_or, [t == d for d in _DRIVABLE_TYPES])
+    route = (lane & scene.map_polygon_on_route.astype(bool)) | (v & (t == types.INTERSECTION))
+    polys = scene.map_polygons.astype(jnp.float32)
+    vv = scene.map_vertex_valid.astype(bool)
+    return dict(agent_states=scene.agent_states[:, :, 1:].astype(jnp.float32),     # [B,A,8,5]
+                agent_valid=scene.agent_valid[:, :, 1:].astype(bool),
+                agent_size=scene.agent_size.astype(jnp.float32),
+                red_polygons=scene.red_light_polygons.astype(jnp.float32),          # [B,L,V,2]
+                red_active=red,                                                     # [B,L,9]
+                drivable_polygons=_nearest_polygons(polys, vv, drivable, DRIVABLE_CAPACITY),
+                route_polygons=_nearest_polygons(polys, vv, route, ROUTE_CAPACITY),
+                centerline=scene.centerline[..., :2].astype(jnp.float32),           # [B,R,2]
+                centerline_valid=scene.centerline_valid.astype(bool))
+
+
+def interaction_features(geom: dict, trajs):
+    """Candidate-scene relations per waypoint: geom from :func:`scene_geometry` [B],
+    trajs [B,K,8,3] -> [B,K,8,INTERACTION_DIM]:
+
+      overlap     1 if the ego box (approximated in its own frame) overlaps an agent's box at
+                  the same time (a collision candidate, NC);
+      clearance   min over agents of the box gap (Chebyshev in the ego frame) / 10, in [-1, 3];
+      gap ahead   longitudinal gap to the nearest agent ahead within the ego's corridor / 10;
+      headway     that gap / the waypoint's speed, in s / 3, in [0, 1] (TTC projects 0.9 s);
+      red now     the ego's rear bumper, centre or front bumper is on an active red-light
+                  connector (TLC);
+      red half    the same for the front bumper half-way from the previous waypoint (0.25 s
+                  earlier), so a short connector is not skipped between waypoints;
+      off road    fraction of the ego's 4 corners outside every drivable polygon (DAC);
+      oncoming    the centre is in no on-route lane and no intersection (DDC);
+      off centre  distance of the centre to the route centreline (polyline) / 2 m, in
+                  [0, 2.5] (LK).
+    """
+    trajs = trajs.astype(jnp.float32)
+    h = trajs[..., 2]                                                     # [B,K,8]
+    fwd = jnp.stack([jnp.cos(h), jnp.sin(h)], -1)
+    centre = trajs[..., :2] + geo.EGO_REAR_AXLE_TO_CENTER * fwd          # [B,K,8,2]
+    front = centre + geo.EGO_HALF_LENGTH * fwd
+    rear = centre - geo.EGO_HALF_LENGTH * fwd
+    # Agents at the waypoint times, in each waypoint's ego frame.
+    a = geom["agent_states"]                                              # [B,A,8,5]
+    a_xy = jnp.swapaxes(a[..., :2], 1, 2)[:, None]                       # [B,1,8,A,2]
+    a_h = jnp.swapaxes(a[..., 2], 1, 2)[:, None]                         # [B,1,8,A]
+    valid = jnp.swapaxes(geom["agent_valid"], 1, 2)[:, None]             # [B,1,8,A]
+    rel = a_xy - centre[..., None, :]
+    c, s = jnp.cos(h)[..., None], jnp.sin(h)[..., None]
+    dx = c * rel[..., 0] + s * rel[..., 1]                                # [B,K,8,A]
+    dy = -s * rel[..., 0] + c * rel[..., 1]
+    dh = a_h - h[..., None]
+    half_l = 0.5 * geom["agent_size"][:, None, None, :, 0]
+    half_w = 0.5 * geom["agent_size"][:, None, None, :, 1]
+    ext_x = half_l * jnp.abs(jnp.cos(dh)) + half_w * jnp.abs(jnp.sin(dh))
+    ext_y = half_l * jnp.abs(jnp.sin(dh)) + half_w * jnp.abs(jnp.cos(dh))
+    gap_x = jnp.abs(dx) - geo.EGO_HALF_LENGTH - ext_x
+    gap_y = jnp.abs(dy) - geo.EGO_HALF_WIDTH - ext_y
+    box_gap = jnp.where(valid, jnp.maximum(gap_x, gap_y), FAR_GAP_M)
+    overlap = jnp.any(box_gap < 0.0, -1)
+    clearance = jnp.min(box_gap, -1, initial=FAR_GAP_M)
+    ahead = valid & (dx > 0) & (gap_y < CORRIDOR_MARGIN_M)
+    gap_ahead = jnp.min(jnp.where(ahead, gap_x, FAR_GAP_M), -1, initial=FAR_GAP_M)
+    prev = jnp.concatenate([jnp.zeros_like(trajs[..., :1, :2]), trajs[..., :-1, :2]], -2)
+    speed = jnp.linalg.norm(trajs[..., :2] - prev, axis=-1) / PLAN_DT
+    headway = jnp.clip(jnp.maximum(gap_ahead, 0.0) / jnp.maximum(speed, 0.5), 0.0, 3.0)
+    # Red lights: points on active red connectors at the waypoint's 2 Hz frame (k + 1) and,
+    # half-way from the previous waypoint, at frame k.
+    polys = geom["red_polygons"][:, None, None]                           # [B,1,1,L,V,2]
+    red = jnp.swapaxes(geom["red_active"].astype(bool), 1, 2)             # [B,9,L]
+    prev_front = 0.5 * (front + jnp.concatenate(
+        [jnp.broadcast_to(jnp.asarray([geo.EGO_REAR_AXLE_TO_CENTER + geo.EGO_HALF_LENGTH, 0.0]),
+                          front[..., :1, :].shape), front[..., :-1, :]], -2))
+
+    def on_red(points, frames):
+        inside = geo.points_in_polygon(points[..., None, :], polys)      # [B,K,8,L]
+        return jnp.any(inside & red[:, frames][:, None], -1)
+    k = jnp.arange(types.PLAN_LEN)
+    red_now = on_red(centre, k + 1) | on_red(front, k + 1) | on_red(rear, k + 1)
+    red_half = on_red(prev_front, k)
+    # Map: the 4 corners against the drivable polygons, the centre against the route lanes
+    # and intersections (zero rings in unused slots contain nothing).
+    on_drivable = geo.points_in_polygon(geo.ego_corners(trajs)[..., None, :],
+                                        geom["drivable_polygons"][:, None, None, None])
+    off_road = 1.0 - jnp.mean(jnp.any(on_drivable, -1), -1)             # [B,K,8]
+    oncoming = ~jnp.any(geo.points_in_polygon(centre[..., None, :],
+                                              geom["route_polygons"][:, None, None]), -1)
+    cl, clv = geom["centerline"][:, None, None], geom["centerline_valid"][:, None, None]
+    seg_a, seg_d = cl[..., :-1, :], cl[..., 1:, :] - cl[..., :-1, :]       # [B,1,1,R-1,2]
+    q = centre[..., None, :] - seg_a                                       # [B,K,8,R-1,2]
+    u = jnp.clip(jnp.sum(q * seg_d, -1) / jnp.maximum(jnp.sum(seg_d * seg_d, -1), 1e-9),
+                 0.0, 1.0)
+    d2 = jnp.sum((q - u[..., None] * seg_d) ** 2, -1)
+    d2 = jnp.where(clv[..., :-1] & clv[..., 1:], d2, 1e4)
+    off_centre = jnp.minimum(jnp.sqrt(jnp.min(d2, -1)), 5.0) / 2.0
+    f32 = jnp.float32
+    return jnp.stack([overlap.astype(f32), jnp.clip(clearance / 10.0, -1.0, 3.0),
+                      jnp.clip(gap_ahead / 10.0, -1.0, 3.0), headway / 3.0,
+                      red_now.astype(f32), red_half.astype(f32), off_road,
+                      oncoming.astype(f32), off_centre], -1)
 
 
 def _pose_feats(p):
@@ -158,9 +303,24 @@ def scene_entity_features(scene: types.Scene) -> dict[str, tuple[jax.Array, jax.
 
 
 # ----------------------------------------------------------------------------------------------
+class _ZeroInitMLP(nn.Module):
+    """``Dense(hidden) -> gelu -> Dense(out)`` with the output layer initialised to zero: an
+    added input pathway (the interaction features) starts as a no-op and grows where it helps,
+    instead of adding random features to the trajectory embedding from step 0."""
+    hidden_dim: int
+    out_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
+        return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                        name="fc2")(h)
+
+
 class RewardModel(nn.Module):
     """The RWM. ``cfg`` = ``config.rwm`` (scene_encoder, d_model, num_heads, mlp_dim,
-    scene_layers, num_blocks, dtype)."""
+    scene_layers, num_blocks, dtype, interaction)."""
     cfg: Any
 
     def setup(self):
@@ -182,6 +342,8 @@ class RewardModel(nn.Module):
                                                      name=f"scene_block_{i}")
                              for i in range(int(cfg.scene_layers))]
         self.traj_embed = layers.MLP(2 * d, d, dtype=dt, name="traj_embed")
+        if cfg.get("interaction", False):
+            self.inter_embed = _ZeroInitMLP(2 * d, d, dtype=dt, name="inter_embed")
         self.time_embed = self.param("time_embed", nn.initializers.normal(0.02),
                                      (types.PLAN_LEN, d))
         self.self_blocks = [layers.TransformerBlock(heads, heads, d // heads, mlp, dtype=dt,
@@ -223,7 +385,8 @@ class RewardModel(nn.Module):
         mask = layers.key_padding_mask(valid)
         for blk in self.scene_blocks:
             x = blk(x, mask)
-        return SceneContext(tokens=x, valid=valid)
+        geom = scene_geometry(scene) if self.cfg.get("interaction", False) else None
+        return SceneContext(tokens=x, valid=valid, geometry=geom)
 
     # -- candidates ------------------------------------------------------------------------
     def score_candidates(self, ctx: SceneContext, trajs) -> Predictions:
@@ -233,6 +396,11 @@ class RewardModel(nn.Module):
             raise ValueError(f"RewardModel: trajs has shape {trajs.shape}, expected "
                              f"(B, K, {types.PLAN_LEN}, 3)")
         x = self.traj_embed(trajectory_features(trajs).astype(self.dt))
+        if self.cfg.get("interaction", False):
+            if ctx.geometry is None:
+                raise ValueError("RewardModel: config.rwm.interaction needs the scene geometry "
+                                 "in the SceneContext (encode it with this model)")
+            x = x + self.inter_embed(interaction_features(ctx.geometry, trajs).astype(self.dt))
         x = x + self.time_embed.astype(self.dt)                           # [B,K,8,D]
         d = x.shape[-1]
         mask = layers.key_padding_mask(ctx.valid)

@@ -51,11 +51,10 @@ def fit_profiles(poses, dt: float = DT):
 
     The devkit solves ``pinv(A^T A + P) A^T y`` with accelerations / curvature rates as unknowns.
     Speed: the normal matrix is constant (see :func:`_velocity_fit_matrix`), so the fit is one
-    precomputed [M, M] matrix applied to dt (cos, sin)(theta) . dxy. Curvature: the same normal
-    equations with the unknowns rescaled to per-step increments (``r dt``, well conditioned in
-    float32), solved by Gauss-Jordan elimination in ``jnp`` (the matrix is symmetric positive
-    definite, so no pivoting is needed). No LAPACK call: LAPACK custom calls deadlock XLA:CPU
-    when several (fake) devices run them at once (the sharded PDM-Closed hang).
+    precomputed [M, M] matrix applied to dt (cos, sin)(theta) . dxy. Curvature: the same
+    problem with the curvatures kappa_k themselves as unknowns, where it is tridiagonal (see
+    :func:`_curvature_fit`). No LAPACK call: LAPACK custom calls deadlock XLA:CPU when several
+    (fake) devices run them at once (the sharded PDM-Closed hang).
 
     Args:
       poses: [..., M+1, 3] reference poses at spacing ``dt`` (M = 40 for the simulator).
@@ -71,41 +70,54 @@ def fit_profiles(poses, dt: float = DT):
     # Speed: argmin sum_k |dxy_k - dt (cos, sin)(theta_k) v_k|^2 + jerk penalty.
     proj = dt * (jnp.cos(heading) * dxy[..., 0] + jnp.sin(heading) * dxy[..., 1])
     velocity = jnp.einsum("ij,...j->...i", jnp.asarray(_velocity_fit_matrix(m, dt)), proj)
-
-    # Curvature: dtheta_k = dt v_k (kappa0 + sum_{i<k} dkappa_i); L[k, j] = 1 for j <= k.
-    idx = jnp.arange(m)
-    lower = (idx[None, :] <= idx[:, None]).astype(jnp.float32)
-    a_mat = (dt * velocity)[..., :, None] * lower
-    reg = jnp.diag(jnp.full((m,), CURVATURE_RATE_PENALTY / dt**2).at[0]
-                   .set(INITIAL_CURVATURE_PENALTY))
-    w = _solve_normal(a_mat, dtheta, reg)
-    curvature = jnp.cumsum(w, axis=-1)
-    return velocity, curvature
+    return velocity, _curvature_fit(dt * velocity, dtheta, dt)
 
 
-def _solve_normal(a_mat, y, reg):
-    """argmin ||y - A z||^2 + z^T reg z for A [..., n, m], y [..., n], reg [m, m] -> [..., m]
-    (reg symmetric positive definite)."""
-    lhs = jnp.swapaxes(a_mat, -1, -2) @ a_mat + reg
-    rhs = jnp.einsum("...nm,...n->...m", a_mat, y)
-    return _solve_spd(lhs, rhs)
+def _curvature_fit(step, dtheta, dt):
+    """Curvatures kappa [..., M] fitted to the heading steps: argmin over kappa of
+    sum_k (dtheta_k - step_k kappa_k)^2 + 1e-10 kappa_0^2 + (1e-2 / dt^2) sum_k (kappa_k -
+    kappa_{k-1})^2, with step_k = dt v_k [..., M].
 
+    This is the devkit's problem (unknowns kappa_0 and the curvature rates, regularised by
+    ``INITIAL_CURVATURE_PENALTY`` and ``CURVATURE_RATE_PENALTY``) written in the curvatures,
+    where its normal matrix is tridiagonal: diag(step^2) + the penalties' difference operator
+    (diagonal lam * (1, 2, .., 2, 1) + 1e-10 e_0, off-diagonal -lam). Solved by the Thomas
+    algorithm, unrolled over the M steps: O(M) elementwise work instead of an O(M^3) dense
+    solve. The penalties alone are singular up to the 1e-10 term (a constant curvature costs
+    nothing), so for a nearly standing reference the pivots approach lam and the last one 0:
+    each pivot is carried as its excess over lam, e_k = step_k^2 + lam e_{k-1} / (lam +
+    e_{k-1}) (a sum of positive terms), which keeps float32 accurate there (plain Thomas loses
+    the excess to cancellation and can be off by orders of magnitude).
+    """
+    lam = CURVATURE_RATE_PENALTY / dt**2
+    c = jnp.moveaxis(step * step, -1, 0)                            # [M, ...]
+    rhs = jnp.moveaxis(step * dtheta, -1, 0)
+    last = jnp.arange(c.shape[0]) == c.shape[0] - 1
 
-def _solve_spd(lhs, rhs):
-    """Gauss-Jordan solve of a symmetric positive definite system, without pivoting (pure jnp,
-    a scan over the m pivots). lhs [..., m, m], rhs [..., m] -> [..., m]."""
-    m = lhs.shape[-1]
-    aug = jnp.concatenate([lhs, rhs[..., None]], -1)                 # [..., m, m+1]
+    # Forward elimination: pivot_k = lam + e_k (the last row has one neighbour: pivot = e_k).
+    def forward(carry, x):
+        excess, value = carry
+        c_k, rhs_k, is_last = x
+        excess = c_k + lam * excess / (lam + excess)
+        pivot = jnp.maximum(jnp.where(is_last, excess, lam + excess), 1e-30)
+        value = (rhs_k + lam * value) / pivot
+        return (excess, value), (pivot, value)
 
-    def eliminate(mat, j):
-        row = jnp.take(mat, j, axis=-2) / jnp.take(jnp.take(mat, j, axis=-2), j, axis=-1)[
-            ..., None]                                                  # [..., m+1]
-        col = jnp.where(jnp.arange(m) == j, 0.0, jnp.take(mat, j, axis=-1))   # [..., m]
-        mat = mat - col[..., :, None] * row[..., None, :]
-        return jnp.where((jnp.arange(m) == j)[:, None], row[..., None, :], mat), None
+    # Row 0 has the 1e-10 penalty instead of a left neighbour: e_0 = step_0^2 + 1e-10.
+    excess0 = c[0] + INITIAL_CURVATURE_PENALTY
+    pivot0 = jnp.maximum(jnp.where(last[0], excess0, lam + excess0), 1e-30)
+    value0 = rhs[0] / pivot0
+    _, (pivots, values) = jax.lax.scan(forward, (excess0, value0), (c[1:], rhs[1:], last[1:]))
+    pivots = jnp.concatenate([pivot0[None], pivots])
+    values = jnp.concatenate([value0[None], values])
 
-    aug, _ = jax.lax.scan(eliminate, aug, jnp.arange(m))
-    return aug[..., m]
+    def backward(kappa_next, x):
+        pivot, value = x
+        kappa = value + lam / pivot * kappa_next
+        return kappa, kappa
+
+    _, kappa = jax.lax.scan(backward, values[-1], (pivots[:-1], values[:-1]), reverse=True)
+    return jnp.moveaxis(jnp.concatenate([kappa, values[-1:]]), 0, -1)
 
 
 def control(index, state, poses, velocity, curvature, dt: float = DT,
@@ -133,24 +145,26 @@ def control(index, state, poses, velocity, curvature, dt: float = DT,
     b_lon = HORIZON * dt
     accel = -(b_lon * Q_LONGITUDINAL * (v - v_ref)) / (b_lon**2 * Q_LONGITUDINAL + R_LONGITUDINAL)
 
-    # Lateral: compose the 10 one-step models x+ = A_k x + B u + g_k (u held over the horizon).
-    speeds = v + jnp.arange(HORIZON) * dt * accel
-    b_in = jnp.array([0.0, 0.0, dt])
-
-    def compose(acc, speed_kappa):
-        a_acc, b_acc, g_acc = acc
-        speed, kap = speed_kappa
-        a_k = jnp.eye(3).at[0, 1].set(speed * dt).at[1, 2].set(speed * dt / wheel_base)
-        g_k = jnp.array([0.0, -speed * kap * dt, 0.0])
-        return (a_k @ a_acc, a_k @ b_acc + b_in, a_k @ g_acc + g_k), None
-
-    (a_acc, b_acc, g_acc), _ = jax.lax.scan(compose, (jnp.eye(3), jnp.zeros(3), jnp.zeros(3)),
-                                            (speeds, kappa))
-    x0 = jnp.stack([lateral_error, heading_error, state[S.STEERING]])
-    err = a_acc @ x0 + g_acc
-    err = err.at[1:].set(wrap_angle(err[1:]))
-    q = jnp.asarray(Q_LATERAL)
-    steering_rate = -(b_acc * q) @ err / ((b_acc * q) @ b_acc + R_LATERAL)
+    # Lateral: compose the 10 one-step models x+ = A_k x + B u + g_k (u held over the horizon),
+    # A_k = I + [[0, s_k dt, 0], [0, 0, s_k dt / L], [0, 0, 0]], B = [0, 0, dt], g_k = [0,
+    # -s_k kappa_k dt, 0]. A stays unit upper triangular and g's last entry 0, so the products
+    # reduce to scalar recurrences on their 3 + 3 + 2 free entries (no 3x3 matmuls, no scan).
+    a01 = a02 = a12 = 0.0
+    b0 = b1 = b2 = 0.0
+    g0 = g1 = 0.0
+    for k in range(HORIZON):
+        speed = v + k * dt * accel
+        p, r = speed * dt, speed * dt / wheel_base
+        a02, a01, a12 = a02 + p * a12, a01 + p, a12 + r
+        b0, b1, b2 = b0 + p * b1, b1 + r * b2, b2 + dt
+        g0, g1 = g0 + p * g1, g1 - speed * kappa[k] * dt
+    x0, x1, x2 = lateral_error, heading_error, state[S.STEERING]
+    e0 = x0 + a01 * x1 + a02 * x2 + g0
+    e1 = wrap_angle(x1 + a12 * x2 + g1)
+    e2 = wrap_angle(x2)
+    q0, q1, q2 = Q_LATERAL
+    steering_rate = -(b0 * q0 * e0 + b1 * q1 * e1 + b2 * q2 * e2) / (
+        b0 * q0 * b0 + b1 * q1 * b1 + b2 * q2 * b2 + R_LATERAL)
 
     stop = (v_ref <= STOPPING_VELOCITY) & (v <= STOPPING_VELOCITY)
     accel = jnp.where(stop, -STOPPING_GAIN * (v - v_ref), accel)

@@ -8,16 +8,22 @@ observation, whose collided-at-t=0 tracks the observation builder marks absent).
 
 Everything is per candidate and vmapped over K; map geometry is shared across candidates. The
 order-dependent ignore lists of NC and TTC are computed without a sequential loop, see
-:func:`_first_event`.
+:func:`_first_events`.
 
-Speed: the exact polygon tests run only on what can matter. Per ego pose, the map polygons
-(``AREA_CAPACITY``) and agents (``AGENT_CAPACITY``) whose axis-aligned bounding boxes overlap
-the ego's are packed into a few slots (:func:`_compact`); everything else provably cannot
-touch the ego. The results are exact unless a pose has more candidates than slots, which the
-``area_overflow`` / ``agent_overflow`` flags of :func:`score_states` report.
+Speed (all exact): the polygon tests run only on what can matter. Per ego point, the map
+polygons whose bounding box contains it (``AREA_CAPACITY``), and per step the agents whose box
+overlaps the ego's (``AGENT_CAPACITY``), are packed into a few slots (:func:`first_true`);
+nothing else can contain the point / touch the ego. Poses (trajectories) with more candidates
+than slots are recomputed against everything by a ``while_loop`` that costs nothing when none
+overflows (:func:`complete`); the ``area_overflow`` / ``agent_overflow`` flags of
+:func:`score_states` say where that happened. On XLA:CPU, cheap elementwise chains are fused
+(and recomputed) into every consumer, also broadcasting ones, and float min/max reductions are
+slow: per-scene tables are materialised (:func:`_materialize`) and argmins are int32 reductions.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,13 +46,18 @@ DDC_WINDOW = 11                       # samples in a 1 s window (t-10 .. t)
 DDC_FULL, DDC_HALF = 2.0, 6.0         # oncoming metres: < 2 -> 1, < 6 -> 0.5, else 0
 LK_THRESHOLD = 0.5                    # metres from the centreline
 LK_MAX_STEPS = int(np.ceil(2.0 / 0.1))   # consecutive exceedances that fail LK (20)
-# Polygons tested per ego pose for the ego-area flags: those whose bounding box overlaps the
-# pose's footprint, the nearest in map order. A NAVSIM pose overlaps a few roadblocks, lanes and
-# (in a junction) lane connectors; 24 leaves headroom, ``area_overflow`` says when it did not.
-AREA_CAPACITY = 24
-# Agents tested per ego pose by NC and TTC: those whose bounding box (over TTC's 0.9 s
-# projection) overlaps the ego's; ``agent_overflow`` says when more did.
-AGENT_CAPACITY = 8
+# Exact pre-selection (see the module docstring). Polygons tested per ego *point* (4 corners,
+# centre, rear axle): those whose bounding box contains the point and whose type matters for that
+# point. A NAVSIM point lies in the boxes of a few roadblocks, lanes and (in a junction) lane
+# connectors and intersections; where more than this, the pose is redone against every polygon.
+AREA_CAPACITY = 12
+# Agents tested per step by TTC: those whose bounding box over the step's 4 projection times
+# overlaps the projected ego's (NC, testing the ego's own box, half as many); a trajectory with
+# more anywhere is redone against every agent.
+AGENT_CAPACITY = 12
+# The exact fallbacks run over the overflowing poses / trajectories this many at a time.
+AREA_FALLBACK_CHUNK = 64
+AGENT_FALLBACK_CHUNK = 8
 
 _LANE_TYPES = (types.LANE, types.LANE_CONNECTOR)
 _DRIVABLE_TYPES = (types.ROADBLOCK, types.INTERSECTION, types.CARPARK_AREA)
@@ -59,24 +70,10 @@ def _relative_cos(ego_pose, point):
     ego_pose [...,3] rear axle, point [...,2] -> [...]; NaN where the points coincide (nuPlan
     divides by zero there too, so neither "ahead" nor "behind" holds).
     """
-    d = point - ego_pose[..., :2]
-    n = jnp.linalg.norm(d, axis=-1)
-    dot = jnp.cos(ego_pose[..., 2]) * d[..., 0] + jnp.sin(ego_pose[..., 2]) * d[..., 1]
+    dx, dy = point[..., 0] - ego_pose[..., 0], point[..., 1] - ego_pose[..., 1]
+    n = jnp.sqrt(dx * dx + dy * dy)          # written out: a norm over the size-2 axis is slow
+    dot = jnp.cos(ego_pose[..., 2]) * dx + jnp.sin(ego_pose[..., 2]) * dy
     return jnp.where(n > 0, dot / jnp.where(n > 0, n, 1.0), jnp.nan)
-
-
-def _first_event(events):
-    """One-hot of each column's first True along axis 0 (all False where a column has none).
-
-    NAVSIM walks the events in time order and, per proposal, appends every non-at-fault token
-    to an ignore list (NC; TTC likewise for non-dangerous hits). A token's *first* counted event
-    therefore decides it: at fault -> its score (fixed per token: 0 agent, 0.5 static) is taken,
-    and re-evaluating later events cannot lower it further; not at fault -> ignored from then
-    on. Taking each token's first event is exactly the carried-ignore-mask scan, vectorised.
-    events [E, A] bool -> [E, A] bool.
-    """
-    first = jnp.argmax(events, axis=0)
-    return (jnp.arange(events.shape[0])[:, None] == first[None]) & events.any(0)[None]
 
 
 def _map_layers(scene):
@@ -89,167 +86,314 @@ def _map_layers(scene):
     return lane, lane & scene.map_polygon_on_route, drivable, v & (t == types.INTERSECTION)
 
 
-def _nearby_polygons(points, scene, capacity):
-    """The polygons each step's points can lie in, gathered into ``capacity`` slots.
+# ----------------------------------------------------------------------------------------------
+# Pre-selection: pack the few candidates that can matter into fixed slots
 
-    A polygon can only strictly contain a point inside its bounding box, so per step only the
-    valid polygons whose box overlaps the box of the step's points matter; they are packed
-    (map order kept) into the first slots, the rest of the slots are masked off.
-    points [T,Q,2] -> (index [T,C] int, slot_valid [T,C] bool, overflow [T] bool: the step
-    overlaps more than C polygons, so some were left out).
+def first_true(mask, capacity):
+    """The first ``capacity`` True columns of each row, in column order.
+
+    mask [..., N] bool -> (index [..., C] int32 (0 in unused slots), slot_valid [..., C] bool,
+    overflow [...] bool: the row has more than C True columns, the last ones were left out).
+
+    The row is packed into 32-bit words and the slots are filled by repeatedly taking the
+    lowest set bit (count-leading-zeros of ``w & -w``) and clearing it: C x words elementwise
+    steps, no sort, scatter or cumulative sum (those cost more than the tests they save on CPU).
+    The C steps are a ``scan``, so each step's words are materialised once (a Python loop lets
+    XLA fuse the whole chain into every slot's output: quadratic in C).
     """
-    polys = scene.map_polygons
-    pmin, pmax = polys.min(1)[None], polys.max(1)[None]           # [1,P,2]
-    fmin, fmax = points.min(1)[:, None], points.max(1)[:, None]   # [T,1,2]
-    overlap = scene.map_polygon_valid[None] & _boxes_overlap(pmin, pmax, fmin, fmax)   # [T,P]
-    return _compact(overlap, capacity)
+    *lead, n = mask.shape
+    words_n = -(-n // 32)
+    mask = jnp.pad(mask, [(0, 0)] * len(lead) + [(0, 32 * words_n - n)])
+    bits = mask.reshape(tuple(lead) + (words_n, 32)).astype(jnp.uint32) << jnp.arange(
+        32, dtype=jnp.uint32)
+    packed = jnp.sum(bits, -1, dtype=jnp.uint32)          # distinct bits: the sum is the OR
+    words = [packed[..., w] for w in range(words_n)]
+
+    def take_lowest(words, _):
+        which = jnp.full(words[0].shape, words_n, jnp.int32)
+        word = jnp.zeros(words[0].shape, jnp.uint32)
+        for w in reversed(range(words_n)):              # the first non-empty word
+            nonzero = words[w] != 0
+            which = jnp.where(nonzero, w, which)
+            word = jnp.where(nonzero, words[w], word)
+        bit = 31 - jax.lax.clz(word & (jnp.uint32(0) - word)).astype(jnp.int32)
+        rest = word & (word - jnp.uint32(1))
+        words = tuple(jnp.where(which == w, rest, words[w]) for w in range(words_n))
+        return words, (jnp.where(which < words_n, 32 * which + bit, 0), which < words_n)
+
+    # (Everything leaves through the scan's outputs: values computed elementwise from the
+    # packed words would be fused, and recomputed, into every consumer.)
+    rest, (index, slot_valid) = jax.lax.scan(take_lowest, tuple(words), None, length=capacity)
+    overflow = functools.reduce(jnp.logical_or, [w != 0 for w in rest])
+    return jnp.moveaxis(index, 0, -1), jnp.moveaxis(slot_valid, 0, -1), overflow
 
 
-def _compact(mask, capacity):
-    """Pack the True columns of each row into ``capacity`` slots, in column order.
+def _materialize(x, neutral=None):
+    """x itself, computed once: a min/max with ``neutral`` over a new size-2 axis.
 
-    mask [T,N] bool -> (index [T,C] int32, slot_valid [T,C] bool, overflow [T] bool: the row
-    has more than C True columns, the last ones were left out).
+    XLA:CPU fuses chains of cheap elementwise ops into every consumer, also into consumers that
+    read each element many times (a broadcast over candidates, steps or agents), recomputing the
+    chain each time; it does not fuse a reduction into its consumers. neutral: a value that
+    never wins the min (int/float; default the dtype's max / +inf) or max (bool: False).
     """
-    rank = jnp.cumsum(mask, -1) - 1
-    slot = jnp.where(mask & (rank < capacity), rank, capacity)     # capacity = discard slot
-    t = jnp.arange(mask.shape[0])[:, None]
-    index = jnp.zeros((mask.shape[0], capacity + 1), jnp.int32).at[t, slot].set(
-        jnp.broadcast_to(jnp.arange(mask.shape[1], dtype=jnp.int32), mask.shape))[:, :capacity]
-    count = mask.sum(-1)
-    slot_valid = jnp.arange(capacity)[None] < count[:, None]
-    return index, slot_valid, count > capacity
+    if neutral is None:
+        neutral = (False if x.dtype == jnp.bool_ else jnp.inf
+                   if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).max)
+    pair = jnp.stack([x, jnp.full_like(x, neutral)])
+    return pair.max(0) if x.dtype == jnp.bool_ else pair.min(0)
+
+
+def complete(pending, values, compute, chunk):
+    """Exact fallback: ``values[i] = compute(i)`` for every ``pending`` i.
+
+    pending [N] bool; values: pytree of [N, ...]; compute(index [M] int32) -> pytree of
+    [M, ...]. A ``while_loop`` over the pending items, ``chunk`` (= M) at a time: when nothing
+    is pending it costs one test and no work. Under ``vmap`` (scenes) the loop runs while any
+    scene has pending items and keeps the others' values.
+    """
+    n = pending.shape[0]
+
+    def body(carry):
+        todo, vals = carry
+        sel = jnp.nonzero(todo, size=chunk, fill_value=n)[0]      # n: an empty slot
+        new = compute(jnp.minimum(sel, n - 1))
+        vals = jax.tree.map(lambda v, x: v.at[sel].set(x, mode="drop"), vals, new)
+        return todo.at[sel].set(False, mode="drop"), vals
+
+    return jax.lax.while_loop(lambda c: c[0].any(), body, (pending, values))[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Ego-area flags
+
+_LANE_BIT, _ROUTE_BIT, _DRIVABLE_BIT, _INTERSECTION_BIT = 1, 2, 4, 8
+# Point roles: the 4 corners need lanes and drivable polygons, the centre on-route lanes and
+# intersections (ONCOMING, DDC/LK), the rear axle intersections (TTC).
+_POINT_ROLE = (0, 0, 0, 0, 1, 2)
+
+
+def _map_tables(scene):
+    """Per-scene map constants: edges [P,V,6] (``geo.edge_table``), box lo/hi [P,2], layer
+    bits [P] int32, role [3,P] bool (polygons that matter to corners / centre / rear axle)."""
+    polys = jnp.asarray(scene.map_polygons, jnp.float32)
+    lane, route, drivable, inter = _map_layers(scene)
+    bits = (lane * _LANE_BIT + route * _ROUTE_BIT + drivable * _DRIVABLE_BIT +
+            inter * _INTERSECTION_BIT).astype(jnp.int32)
+    role = jnp.stack([lane | drivable, route | inter, inter])
+    # Materialised: they are compared with every point (see _materialize).
+    return jax.tree.map(_materialize, dict(edges=geo.edge_table(polys), lo=polys.min(-2),
+                                           hi=polys.max(-2), bits=bits, role=role))
+
+
+def _area_flags(points, tables, index=None, slot_valid=None):
+    """Flags of poses from their points' polygon tests.
+
+    points [N,6,2]; index/slot_valid [N,6,C]: the polygons tested per point (None: every
+    polygon, slot c = polygon c). Returns dict of bool [N].
+    """
+    px, py = points[..., 0], points[..., 1]
+    if index is None:
+        edges, bits = tables["edges"][None, None], tables["bits"]
+        slot_valid = tables["role"][jnp.asarray(_POINT_ROLE)][None]          # [1,6,P]
+    else:
+        edges, bits = tables["edges"][index], tables["bits"][index]          # [N,6,C,V,6]
+    code, unit = geo.crossing_code(px[..., None], py[..., None], edges)      # [N,6,C]
+    inside = (code % 2 == 1) & (code < unit) & slot_valid
+
+    def hit(bit):
+        return inside & ((bits & bit) != 0)
+
+    lane = hit(_LANE_BIT)[:, :4]                                             # [N,4,C]
+    if index is None:
+        several = lane.any(1).sum(-1) > 1
+        all_four = lane.all(1).any(-1)
+    else:
+        # The lane polygons hit by the corners are identified by their index: more than one
+        # distinct one, and none holding all four corners.
+        ids = jnp.where(lane, index[:, :4], jnp.iinfo(jnp.int32).max)
+        lowest = ids.min((1, 2))
+        several = (lane & (index[:, :4] != lowest[:, None, None])).any((1, 2))
+        common = lane[:, 0]
+        for j in range(1, 4):
+            common = common & (lane[:, j, None, :] &
+                               (index[:, j, None, :] == index[:, 0, :, None])).any(-1)
+        all_four = common.any(-1)
+    return dict(
+        multiple_lanes=several & ~all_four,
+        non_drivable=hit(_DRIVABLE_BIT)[:, :4].any(-1).sum(-1) < 4,
+        oncoming=~hit(_ROUTE_BIT)[:, 4].any(-1),
+        centre_in_intersection=hit(_INTERSECTION_BIT)[:, 4].any(-1),
+        rear_in_intersection=hit(_INTERSECTION_BIT)[:, 5].any(-1))
+
+
+def ego_areas(points, scene, capacity=AREA_CAPACITY):
+    """Ego-area flags per pose (PDMScorer ``_calculate_ego_area``, spec §5.1), exact.
+
+    points [T,6,2]: per pose the 4 ego corners (FL, RL, RR, FR), the centre, the rear axle.
+    capacity (static): per point, test only the (at most this many) polygons whose bounding
+      box contains it and whose type matters for it — a polygon strictly contains a point only
+      inside its box, so nothing else can change a flag. Poses with a point in more boxes are
+      redone against every polygon (:func:`complete`). None tests every polygon everywhere.
+    Returns dict of bool [T]: ``multiple_lanes``, ``non_drivable``, ``oncoming``,
+    ``centre_in_intersection``, ``rear_in_intersection``, and ``area_overflow`` (the pose
+    overflowed the pre-selection and took the exact fallback; always False for None).
+    """
+    points = jnp.asarray(points, jnp.float32)
+    tables = _map_tables(scene)
+    num_t, num_p = points.shape[0], tables["bits"].shape[0]
+    if capacity is None or capacity >= num_p:
+        return dict(_area_flags(points, tables), area_overflow=jnp.zeros((num_t,), bool))
+    px, py = points[..., 0, None], points[..., 1, None]                      # [T,6,1]
+    lo, hi = tables["lo"], tables["hi"]
+    candidate = (tables["role"][jnp.asarray(_POINT_ROLE)][None] &
+                 (lo[:, 0] <= px) & (px <= hi[:, 0]) & (lo[:, 1] <= py) & (py <= hi[:, 1]))
+    index, slot_valid, overflow = first_true(candidate, capacity)          # [T,6,C]
+    flags = _area_flags(points, tables, index, slot_valid)
+    overflow = overflow.any(-1)
+    flags = complete(overflow, flags, lambda i: _area_flags(points[i], tables),
+                     AREA_FALLBACK_CHUNK)
+    return dict(flags, area_overflow=overflow)
+
+
+# ----------------------------------------------------------------------------------------------
+# Agents: NC and TTC
+
+def _box_lo_hi(corners):
+    """corners [...,4,2] -> (lo [...,2], hi [...,2]) axis-aligned bounds."""
+    return corners.min(-2), corners.max(-2)
 
 
 def _boxes_overlap(amin, amax, bmin, bmax):
     """Closed axis-aligned boxes [...,2] overlap (touching counts) -> bool [...]."""
-    return jnp.all((amin <= bmax) & (amax >= bmin), -1)
+    return ((amin[..., 0] <= bmax[..., 0]) & (amax[..., 0] >= bmin[..., 0]) &
+            (amin[..., 1] <= bmax[..., 1]) & (amax[..., 1] >= bmin[..., 1]))
 
 
-def _near_agents(ego_box, agent_box, present, capacity):
-    """Per step, the agents whose bounding box overlaps the ego's (the only ones whose
-    polygons can touch it), packed into ``capacity`` slots.
+def _agent_tables(obs):
+    """Per-scene agent constants, time-major: corners [41,A,4,2], centre [41,A,2], present
+    [41,A], box lo/hi [41,A,2]; for TTC the union box and presence over each step's 4
+    projection times: ttc_lo/ttc_hi [T',A,2], ttc_present [T',A]."""
+    corners = jnp.swapaxes(obs.agent_corners[:, :NUM_STATES], 0, 1)
+    present = obs.agent_present[:, :NUM_STATES].T
+    lo, hi = _box_lo_hi(corners)
+    tt = np.arange(TTC_LAST_T + 1)[:, None] + TTC_STEPS[None]              # [T',4]
+    tables = dict(corners=corners, centre=jnp.swapaxes(obs.agent_center[:, :NUM_STATES], 0, 1),
+                  present=present, lo=lo, hi=hi, ttc_lo=lo[tt].min(1), ttc_hi=hi[tt].max(1),
+                  ttc_present=present[tt].any(1), first_speed=obs.agent_first_speed,
+                  dynamic=obs.agent_is_dynamic)
+    return jax.tree.map(_materialize, tables)
 
-    ego_box [T,4,2] or [T,...,4,2] corners, agent_box [T,A,...,4,2], present [T,A] ->
-    (index [T,C], slot_valid [T,C], overflow [T]); C = min(capacity, A).
+
+_NO_EVENT = np.iinfo(np.int32).max
+
+
+def _first_events(key, index, num, aligned):
+    """Each agent's first event, from per-slot event keys.
+
+    NAVSIM walks the events in time order and, per proposal, appends every non-at-fault token
+    to an ignore list (NC; TTC likewise for non-dangerous hits). A token's *first* counted event
+    therefore decides it: at fault -> its score (fixed per token: 0 agent, 0.5 static) is taken,
+    and re-evaluating later events cannot lower it further; not at fault -> ignored from then
+    on. Taking each token's first event is exactly the carried-ignore-mask scan, vectorised.
+
+    key [T,C] int32: per step and slot, the slot's first event in NAVSIM's loop order encoded
+    as 2 x (order within the step) + (1 if the event is benign, 0 if it decides the metric),
+    or ``_NO_EVENT``; index [T,C]: the agent in each slot (aligned: slot c is agent c). Returns
+    [A] int32: the least t * 2^16 + key over the agent's slots (``_NO_EVENT`` if none), so
+    ``first % 2 == 0`` says the agent's first event decides the metric (spec §5.3/5.4).
+
+    Only the slot keys are spread over the agents (a min over [T*C, A]): the per-slot tests
+    stay computed once per slot.
     """
-    t, a = present.shape
-    emin = ego_box.reshape(t, -1, 2).min(1)[:, None]              # [T,1,2]
-    emax = ego_box.reshape(t, -1, 2).max(1)[:, None]
-    amin = agent_box.reshape(t, a, -1, 2).min(2)                  # [T,A,2]
-    amax = agent_box.reshape(t, a, -1, 2).max(2)
-    return _compact(present & _boxes_overlap(amin, amax, emin, emax), min(capacity, a))
+    steps = jnp.arange(key.shape[0], dtype=jnp.int32)[:, None] * (1 << 16)
+    key = jnp.where(key == _NO_EVENT, _NO_EVENT, steps + key)
+    if aligned:
+        return key.min(0)
+    mine = index.reshape(-1)[:, None] == jnp.arange(num)                    # [T*C,A]
+    return jnp.where(mine, key.reshape(-1)[:, None], _NO_EVENT).min(0)
 
 
-def _scatter_slots(values, index, slot_valid, num):
-    """Inverse of the packing: values [T,C,...] at (row, index) of a False/0 [T,num,...]."""
-    t = jnp.arange(values.shape[0])[:, None]
-    col = jnp.where(slot_valid, index, num)                        # invalid -> discard column
-    out = jnp.zeros((values.shape[0], num + 1) + values.shape[2:], values.dtype)
-    return out.at[t, col].set(values)[:, :num]
-
-
-def ego_areas(points, scene, capacity=None):
-    """Ego-area flags per step (PDMScorer ``_calculate_ego_area``).
-
-    points [T,6,2]: per step the 4 ego corners (FL, RL, RR, FR), the centre, the rear axle.
-    capacity (static): test each step against at most this many polygons, those whose bounding
-      box overlaps the step's points (exact unless a step overlaps more; see ``overflow``);
-      None tests every polygon.
-    Returns dict of bool [T]: ``multiple_lanes``, ``non_drivable``, ``oncoming`` and
-    ``centre_in_intersection``, ``rear_in_intersection``, and ``area_overflow`` (the step
-    overlapped more than ``capacity`` polygons' boxes; always False for capacity None).
-    """
-    layers = jnp.stack(_map_layers(scene), -1)                    # [P,4]
-    num_t, num_p = points.shape[0], scene.map_polygons.shape[0]
-    if capacity is None or capacity >= num_p:
-        polys = scene.map_polygons[None]                          # [1,P,V,2]
-        layer = layers[None]                                      # [1,P,4]
-        overflow = jnp.zeros((num_t,), bool)
-    else:
-        index, slot_valid, overflow = _nearby_polygons(points, scene, capacity)
-        polys = scene.map_polygons[index]                         # [T,C,V,2]
-        layer = layers[index] & slot_valid[..., None]             # [T,C,4]
-    inside = geo.points_in_polygon(points[:, :, None, :], polys[:, None])      # [T,6,C]
-    lane, route_lane, drivable, inter = (layer[:, None, :, i] for i in range(4))
-    corners = inside[:, :4]
-    lane_hits = corners & lane                                    # [T,4,C]
-    multiple = (lane_hits.any(1).sum(-1) > 1) & ~lane_hits.all(1).any(-1)
-    non_drivable = (corners & drivable).any(-1).sum(-1) < 4
-    oncoming = ~(inside[:, 4] & route_lane[:, 0]).any(-1)
-    return dict(multiple_lanes=multiple, non_drivable=non_drivable, oncoming=oncoming,
-                centre_in_intersection=(inside[:, 4] & inter[:, 0]).any(-1),
-                rear_in_intersection=(inside[:, 5] & inter[:, 0]).any(-1),
-                area_overflow=overflow)
-
-
-# ----------------------------------------------------------------------------------------------
-def _no_at_fault_collision(corners, pose, speed, areas, obs):
+def _no_at_fault_collision(corners, pose, speed, areas, tables, capacity):
     """NC of one trajectory (spec §5.2-5.3).
 
-    corners [41,4,2], pose [41,3] rear axle, speed [41], areas: ego_areas dict; obs fields
-    over the first 41 steps. Returns (nc [], hit [41,A], overflow [41]: more than
-    ``AGENT_CAPACITY`` agents' boxes overlapped the ego's at that step).
+    corners [41,4,2], pose [41,3] rear axle, speed [41], areas: ego_areas dict [41];
+    capacity: agents tested per step (those whose box overlaps the ego's), None = all.
+    Returns (nc [], overflow [41]: more than ``capacity`` agents' boxes overlapped the ego's).
     """
-    agent = jnp.swapaxes(obs.agent_corners[:, :NUM_STATES], 0, 1)  # [41,A,4,2]
-    centre = obs.agent_center[:, :NUM_STATES]                     # [A,41,2]
-    present = obs.agent_present[:, :NUM_STATES].T                 # [41,A]
-    num_a = present.shape[1]
-    # Polygon tests only for the agents near the ego at each step; the rest cannot touch it.
-    index, slot_valid, overflow = _near_agents(corners, agent, present, AGENT_CAPACITY)
-    near = jnp.take_along_axis(agent, index[..., None, None], axis=1)   # [41,C,4,2]
-    hit_near = slot_valid & geo.convex_intersect(corners[:, None], near)
-    bumper_near = jax.vmap(jax.vmap(geo.segment_intersects_polygon, (None, None, 0)))(
-        corners[:, 0], corners[:, 3], near)                       # [41,C]
-    hit = _scatter_slots(hit_near, index, slot_valid, num_a)      # [41,A]
-    bumper = _scatter_slots(bumper_near & slot_valid, index, slot_valid, num_a)
-    stopped_ego = (speed <= STOPPED_SPEED)[:, None]
-    stopped_track = (~obs.agent_is_dynamic | (obs.agent_first_speed <= STOPPED_SPEED))[None]
-    rear = (_relative_cos(pose[None], centre) < BEHIND_COS).T
+    num_a = tables["present"].shape[1]
+    t = jnp.arange(NUM_STATES)[:, None]
+    if capacity is None or capacity >= num_a:
+        index = jnp.broadcast_to(jnp.arange(num_a), (NUM_STATES, num_a))
+        slot_valid, overflow, aligned = tables["present"], jnp.zeros((NUM_STATES,), bool), True
+        near, centre = tables["corners"], tables["centre"]
+    else:
+        lo, hi = (_materialize(x) for x in _box_lo_hi(corners))
+        near_box = tables["present"] & _boxes_overlap(tables["lo"], tables["hi"], lo[:, None],
+                                                      hi[:, None])         # [41,A]
+        index, slot_valid, overflow = first_true(near_box, capacity)       # [41,C]
+        near, centre, aligned = tables["corners"][t, index], tables["centre"][t, index], False
+    hit = slot_valid & geo.convex_intersect(corners[:, None], near)         # [41,C]
+    bumper = jax.vmap(jax.vmap(geo.segment_intersects_polygon, (None, None, 0)))(
+        corners[:, 0], corners[:, 3], near)                                 # [41,C]
+    dynamic = tables["dynamic"][index]
+    stopped_track = ~dynamic | (tables["first_speed"][index] <= STOPPED_SPEED)
+    rear = _relative_cos(pose[:, None], centre) < BEHIND_COS
     lateral_fault = (areas["multiple_lanes"] | areas["non_drivable"])[:, None]
-    at_fault = ~stopped_ego & (stopped_track | (~rear & (bumper | lateral_fault)))
-    decisive = _first_event(hit) & at_fault
-    penalty = jnp.where(obs.agent_is_dynamic, 0.0, 0.5)           # Agent vs StaticObject
-    nc = jnp.min(jnp.where(decisive.any(0), penalty, 1.0), initial=1.0)
-    return nc, hit, overflow
+    at_fault = (speed > STOPPED_SPEED)[:, None] & (
+        stopped_track | (~rear & (bumper | lateral_fault)))
+    key = jnp.where(hit, jnp.where(at_fault, 0, 1), _NO_EVENT)
+    key = _materialize(key, _NO_EVENT)
+    first = _first_events(key, index, num_a, aligned)
+    decisive = (first != _NO_EVENT) & (first % 2 == 0)
+    penalty = jnp.where(tables["dynamic"], 0.0, 0.5)                        # Agent vs StaticObject
+    return jnp.min(jnp.where(decisive, penalty, 1.0), initial=1.0), overflow
 
 
-def _time_to_collision(corners, pose, speed, areas, obs):
+def _time_to_collision(corners, pose, speed, areas, tables, capacity):
     """TTC of one trajectory (spec §5.4): 0 if a constant-velocity projection of the ego
     polygon by 0, 0.3, 0.6, 0.9 s hits an agent ahead (or not behind, while the ego is in
-    several lanes / off-road / in an intersection). Returns (ttc [], overflow [T'])."""
-    t = np.arange(TTC_LAST_T + 1)                                 # [T']
-    tt = t[:, None] + TTC_STEPS[None]                             # [T',4] observation index
+    several lanes / off-road / in an intersection). capacity: agents tested per step (those
+    whose box over the 4 projection times overlaps the projected ego's), None = all.
+    Returns (ttc [], overflow [T'])."""
+    num_a = tables["present"].shape[1]
+    t = np.arange(TTC_LAST_T + 1)                                           # [T']
+    tt = t[:, None] + TTC_STEPS[None]                                       # [T',4]
     heading = pose[t, 2]
     shift = (speed[t, None] * TTC_STEPS[None] * 0.1)[..., None] * \
         jnp.stack([jnp.cos(heading), jnp.sin(heading)], -1)[:, None]          # [T',4,2]
-    ego = corners[t][:, None] + shift[:, :, None]                 # [T',4,4,2]
-    agent = jnp.swapaxes(obs.agent_corners[:, tt], 0, 1)          # [T',A,4,4,2]
-    present = jnp.swapaxes(obs.agent_present[:, tt], 0, 1)        # [T',A,4]
-    num_a = present.shape[1]
-    # Only agents whose box over the 4 projection times overlaps the swept ego box can hit.
-    index, slot_valid, overflow = _near_agents(ego, agent, present.any(-1), AGENT_CAPACITY)
-    near = jnp.take_along_axis(agent, index[..., None, None, None], axis=1)   # [T',C,4,4,2]
-    near_present = jnp.take_along_axis(present, index[..., None], axis=1)     # [T',C,4]
-    hit_near = slot_valid[..., None] & near_present & geo.convex_intersect(ego[:, None], near)
-    hit = jnp.swapaxes(_scatter_slots(hit_near, index, slot_valid, num_a), 0, 1)   # [A,T',4]
-    hit = hit & (speed[t] >= TTC_STOPPED_SPEED)[None, :, None]
-    rel = _relative_cos(pose[t][None, :, None], obs.agent_center[:, tt])     # [A,T',4]
+    ego = corners[t][:, None] + shift[:, :, None]                           # [T',4,4,2]
+    if capacity is None or capacity >= num_a:
+        index = jnp.broadcast_to(jnp.arange(num_a), (len(t), num_a))
+        slot_valid, overflow, aligned = tables["ttc_present"], jnp.zeros((len(t),), bool), True
+    else:
+        lo, hi = _materialize(ego.min((1, 2))), _materialize(ego.max((1, 2)))   # [T',2]
+        near_box = tables["ttc_present"] & _boxes_overlap(
+            tables["ttc_lo"], tables["ttc_hi"], lo[:, None], hi[:, None])   # [T',A]
+        index, slot_valid, overflow = first_true(near_box, capacity)      # [T',C]
+        aligned = False
+    ti, ci = tt[:, :, None], index[:, None, :]                             # [T',4,1], [T',1,C]
+    near = tables["corners"][ti, ci]                                        # [T',4,C,4,2]
+    hit = (slot_valid[:, None] & tables["present"][ti, ci] &
+           geo.convex_intersect(ego[:, :, None], near))                     # [T',4,C]
+    hit = hit & (speed[t] >= TTC_STOPPED_SPEED)[:, None, None]
+    rel = _relative_cos(pose[t][:, None, None], tables["centre"][ti, ci])   # [T',4,C]
     risky_area = (areas["multiple_lanes"] | areas["non_drivable"] |
-                  areas["rear_in_intersection"])[t][None, :, None]
+                  areas["rear_in_intersection"])[t][:, None, None]
     dangerous = (rel > AHEAD_COS) | (risky_area & ~(rel < BEHIND_COS))
     # Events in NAVSIM's loop order: time outer, projection step inner.
-    hit_e = hit.reshape(hit.shape[0], -1).T                       # [T'*4, A]
-    danger_e = dangerous.reshape(hit.shape[0], -1).T
-    return jnp.where((_first_event(hit_e) & danger_e).any(), 0.0, 1.0), overflow
+    order = 2 * jnp.arange(len(TTC_STEPS), dtype=jnp.int32)[None, :, None]
+    key = jnp.where(hit, order + jnp.where(dangerous, 0, 1), _NO_EVENT).min(1)   # [T',C]
+    first = _first_events(key, index, num_a, aligned)
+    return jnp.where(((first != _NO_EVENT) & (first % 2 == 0)).any(), 0.0, 1.0), overflow
 
 
-def _traffic_light(corners, obs):
+def _traffic_light(centre, heading, red_active, red_edges):
     """TLC (spec §5.5): 0 if any ego polygon, t = 0..40 included, touches an active red-light
-    lane connector at the same step. corners [41,4,2] -> []."""
-    hit = jax.vmap(jax.vmap(geo.polygon_intersects_polygon, (None, 0)), (0, None))(
-        corners, obs.red_polygons)                                # [41,L]
-    return jnp.where((hit & obs.red_active[:, :NUM_STATES].T).any(), 0.0, 1.0)
+    lane connector at the same step. centre [41,2], heading [41], red_active [L,41],
+    red_edges [L,V,6] (``geo.edge_table`` of the red-light polygons) -> []."""
+    hit = geo.box_intersects_polygon(centre[:, None], heading[:, None], geo.EGO_HALF_LENGTH,
+                                     geo.EGO_HALF_WIDTH, red_edges[None])   # [41,L]
+    return jnp.where((hit & red_active.T).any(), 0.0, 1.0)
 
 
 def _driving_direction(centre, areas):
@@ -287,25 +431,31 @@ def _ego_points(states):
     return pose, speed, corners, centre, points
 
 
-def _score_one(states, areas, obs, scene):
-    pose, speed, corners, centre, _ = _ego_points(states)
-    nc, _, nc_overflow = _no_at_fault_collision(corners, pose, speed, areas, obs)
-    ttc, ttc_overflow = _time_to_collision(corners, pose, speed, areas, obs)
-    s, dist = geo.polyline_project(centre, scene.centerline, scene.centerline_valid)
+def _collisions(states, areas, tables, capacity):
+    """(nc [], ttc [], overflow [41]) of one trajectory; see the two metrics."""
+    pose, speed, corners, _, _ = _ego_points(states)
+    nc, nc_overflow = _no_at_fault_collision(corners, pose, speed, areas, tables,
+                                             None if capacity is None else -(-capacity // 2))
+    ttc, ttc_overflow = _time_to_collision(corners, pose, speed, areas, tables, capacity)
+    return nc, ttc, nc_overflow.at[:ttc_overflow.shape[0]].max(ttc_overflow)
+
+
+def _score_one(states, areas, scene, red_active, red_edges):
+    pose, _, _, centre, _ = _ego_points(states)
+    line, valid = scene.centerline, scene.centerline_valid
+    s = geo.polyline_project(centre[jnp.array([0, NUM_STATES - 1])], line, valid)[0]
     return dict(
-        nc=nc,
         dac=jnp.where(areas["non_drivable"].any(), 0.0, 1.0),
         ddc=_driving_direction(centre, areas),
-        tlc=_traffic_light(corners, obs),
-        ttc=ttc,
-        agent_overflow=nc_overflow.at[:ttc_overflow.shape[0]].max(ttc_overflow),
-        lk=_lane_keeping(dist, areas["centre_in_intersection"]),
+        tlc=_traffic_light(centre, pose[:, 2], red_active, red_edges),
+        lk=_lane_keeping(geo.polyline_distance(centre, line, valid),
+                         areas["centre_in_intersection"]),
         progress=jnp.maximum(0.0, s[-1] - s[0]),
-        **areas,
     )
 
 
-def score_states(states, obs, scene, area_capacity=AREA_CAPACITY):
+def score_states(states, obs, scene, area_capacity=AREA_CAPACITY,
+                 agent_capacity=AGENT_CAPACITY):
     """Raw sub-metrics of K simulated trajectories in one scene.
 
     Args:
@@ -315,14 +465,16 @@ def score_states(states, obs, scene, area_capacity=AREA_CAPACITY):
         agent_first_speed [A], agent_is_dynamic [A], red_polygons [L,V,2], red_active [L,N].
       scene: one (unbatched) Scene: map_polygons [P,V,2], map_polygon_type/on_route/valid [P],
         centerline [R,3], centerline_valid [R].
-      area_capacity: static; polygons tested per step (see :func:`ego_areas`), None = all.
-        The result is exact unless ``area_overflow`` is set somewhere.
+      area_capacity, agent_capacity: static; pre-selection sizes (polygons per ego point, see
+        :func:`ego_areas`; agents per step for NC/TTC), None = test everything. They change
+        the speed only: whatever overflows them is recomputed exactly.
     Returns:
       dict of float32 [K]: ``nc`` {0,0.5,1}, ``dac``, ``ddc`` {0,0.5,1}, ``tlc``, ``ttc``, ``lk``,
       ``progress`` (raw metres along the centreline, >= 0); and bool [K,41] per-step flags
       ``multiple_lanes``, ``non_drivable``, ``oncoming``, ``centre_in_intersection``,
-      ``rear_in_intersection``, ``area_overflow``, ``agent_overflow`` (more than
-      ``AGENT_CAPACITY`` agents near the ego at that step: NC/TTC may be inexact there).
+      ``rear_in_intersection``, ``area_overflow`` (the pose overflowed ``area_capacity`` and
+      took the exact fallback), ``agent_overflow`` (more than ``agent_capacity`` agents near the
+      ego at that step: the trajectory's NC/TTC took the exact fallback).
     """
     states = jnp.asarray(states, jnp.float32)
     if states.ndim != 3 or states.shape[1:] != (NUM_STATES, len(S)):
@@ -332,12 +484,26 @@ def score_states(states, obs, scene, area_capacity=AREA_CAPACITY):
         raise ValueError(f"score_states: observation has {obs.agent_present.shape[-1]} time "
                          f"indices, needs >= {NUM_STATES}")
     # The ego-area flags feed NC, TTC, DAC, DDC and LK: computed once, for all K x 41 steps
-    # in one pass so the per-step polygon selection is shared.
+    # in one pass.
     points = _ego_points(states)[-1]
     k = states.shape[0]
     areas = ego_areas(points.reshape(k * NUM_STATES, 6, 2), scene, area_capacity)
     areas = {n: a.reshape(k, NUM_STATES) for n, a in areas.items()}
-    return jax.vmap(_score_one, in_axes=(0, 0, None, None))(states, areas, obs, scene)
+    red_edges = _materialize(geo.edge_table(jnp.asarray(obs.red_polygons, jnp.float32)))
+    red_active = _materialize(obs.red_active[:, :NUM_STATES])
+    out = jax.vmap(_score_one, in_axes=(0, 0, None, None, None))(states, areas, scene,
+                                                                  red_active, red_edges)
+
+    tables = _agent_tables(obs)
+    collide = jax.vmap(_collisions, in_axes=(0, 0, None, None))
+    nc, ttc, overflow = collide(states, areas, tables, agent_capacity)
+    if agent_capacity is not None and agent_capacity < tables["present"].shape[1]:
+        # Exact fallback: trajectories that overflowed anywhere are redone against every agent.
+        def redo(i):
+            sub = {n: a[i] for n, a in areas.items()}
+            return collide(states[i], sub, tables, None)[:2]
+        nc, ttc = complete(overflow.any(-1), (nc, ttc), redo, AGENT_FALLBACK_CHUNK)
+    return dict(out, nc=nc, ttc=ttc, agent_overflow=overflow, **areas)
 
 
 def multiplier(raw):

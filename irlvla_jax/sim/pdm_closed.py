@@ -18,6 +18,12 @@ Departures: the corridor is the union of per-segment rectangles (square-capped e
 buffer's round joins at interior vertices are left out (a sliver on the outside of bends); the
 ego being entirely within a red light is tested on its 4 corners; a speed limit <= 0 falls back
 to 15 m/s like None.
+
+Speed: everything about the objects that does not depend on the IDM state (corridor
+membership, progress along each path, red lights) is computed for all 25 lead-row updates at
+once, before the sequential unroll; corridor membership tests each object only against the
+corridor rectangles near it (exact, see :func:`_in_corridor`); the lead gap is a
+rectangle-rectangle / rectangle-polygon distance (``geometry.box_distance``).
 """
 
 from __future__ import annotations
@@ -110,34 +116,101 @@ def _corridor(path, valid, start, end):
     return rects, mask
 
 
-def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation):
+# Corridor membership culling: the corridor rectangles are grouped in chunks of this many
+# consecutive segments; an object is tested against the rectangles of the (at most
+# CORRIDOR_CHUNK_CAPACITY) chunks whose bounding box overlaps its own, and against every
+# rectangle where it overlaps more chunk boxes (exact either way).
+CORRIDOR_CHUNK = 8
+CORRIDOR_CHUNK_CAPACITY = 3
+CORRIDOR_FALLBACK_ROWS = 64
+
+
+def _in_corridor(rects, rect_mask, boxes, present):
+    """Objects whose box intersects a path's corridor, at every step of a stack.
+
+    rects [P,R,4,2], rect_mask [P,R] (``_corridor``); boxes [T,A,4,2], present [T,A] ->
+    bool [T,P,A]. Exact: only rectangles in chunks whose bounding box overlaps the object's
+    can intersect it (see ``CORRIDOR_CHUNK``); rows with more such chunks than slots take the
+    exhaustive test (``metrics.complete``).
+    """
+    num_p, num_r = rect_mask.shape
+    num_t, num_a = present.shape
+    chunks = -(-num_r // CORRIDOR_CHUNK)
+    pad = chunks * CORRIDOR_CHUNK - num_r
+    rects_c = jnp.pad(rects, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
+        num_p, chunks, CORRIDOR_CHUNK, 4, 2)
+    mask_c = jnp.pad(rect_mask, ((0, 0), (0, pad))).reshape(num_p, chunks, CORRIDOR_CHUNK)
+    inf = jnp.float32(jnp.inf)
+    lo = jnp.where(mask_c[..., None], rects_c.min(-2), inf).min(-2)          # [P,chunks,2]
+    hi = jnp.where(mask_c[..., None], rects_c.max(-2), -inf).max(-2)
+    blo, bhi = boxes.min(-2), boxes.max(-2)                                # [T,A,2]
+    overlap = ((lo[None, :, None, :, 0] <= bhi[:, None, :, None, 0]) &
+               (hi[None, :, None, :, 0] >= blo[:, None, :, None, 0]) &
+               (lo[None, :, None, :, 1] <= bhi[:, None, :, None, 1]) &
+               (hi[None, :, None, :, 1] >= blo[:, None, :, None, 1]))       # [T,P,A,chunks]
+    capacity = min(CORRIDOR_CHUNK_CAPACITY, chunks)
+    index, slot_valid, overflow = metrics.first_true(overlap, capacity)   # [T,P,A,C]
+    p_idx = jnp.arange(num_p)[None, :, None, None]
+    cand = rects_c[p_idx, index]                                           # [T,P,A,C,G,4,2]
+    cand_mask = mask_c[p_idx, index] & slot_valid[..., None]               # [T,P,A,C,G]
+    hit = (geometry.convex_intersect(boxes[:, None, :, None, None], cand) & cand_mask).any(
+        (-1, -2))
+    hit = hit & present[:, None]
+
+    def exhaustive(i):                                                     # rows of [T*P*A]
+        t, p, a = jnp.unravel_index(i, (num_t, num_p, num_a))
+        box = boxes[t, a]                                                  # [M,4,2]
+        return (geometry.convex_intersect(box[:, None], rects[p]) & rect_mask[p]).any(-1) & \
+            present[t, a]
+
+    flat = metrics.complete(overflow.reshape(-1), hit.reshape(-1), exhaustive,
+                            CORRIDOR_FALLBACK_ROWS)
+    return flat.reshape(hit.shape)
+
+
+def _box_frames(obs: Observation, steps):
+    """Oriented-rectangle form of the objects' boxes at the given observation steps:
+    centre [T,A,2], axis [A,2] (unit, along the box length), half [A,2] (half length, half
+    width). The boxes move without turning, so axis and size come from their first step."""
+    c = obs.agent_corners[:, 0]                                            # [A,4,2] FL RL RR FR
+    along, across = c[:, 0] - c[:, 1], c[:, 0] - c[:, 3]
+    length = jnp.sqrt(along[:, 0] ** 2 + along[:, 1] ** 2)
+    width = jnp.sqrt(across[:, 0] ** 2 + across[:, 1] ** 2)
+    axis = jnp.where(length[:, None] > 0, along / jnp.where(length > 0, length, 1.0)[:, None],
+                     jnp.array([1.0, 0.0]))
+    centre = jnp.moveaxis(obs.agent_center[:, steps], 0, 1)                # [T,A,2]
+    return centre, axis, 0.5 * jnp.stack([length, width], -1)
+
+
+def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation, step):
     """Lead-agent rows at even step t for every proposal, with the devkit's vector reuse.
 
-    pose_prev [P,n,3], s_prev [P,n] -> lead [P,n,3].
+    pose_prev [P,n,3], s_prev [P,n]; step: this step's precomputed object data (corridor
+    membership box_in [P,A], progress box_prog [P,A], red_on [P,L], box centre [A,2]) ->
+    lead [P,n,3].
     """
-    boxes = obs.agent_corners[:, t]                                  # [A,4,2]
-    present = obs.agent_present[:, t]
-    # Objects in each path's corridor, and their progress along that path.
-    box_in = jax.vmap(lambda r, m: (geometry.convex_intersect(boxes[:, None], r[None])
-                                    & m[None]).any(-1))(ctx["rects"], ctx["rect_mask"])  # [P,A]
-    box_in = box_in & present[None]
-    box_prog = jax.vmap(lambda p: geometry.polyline_project(
-        obs.agent_center[:, t], p, ctx["valid"])[0])(ctx["paths"])      # [P,A]
-    red_on = obs.red_active[:, t][None] & ctx["red_in"]               # [P,L]
-
-    ahead_box = box_in[:, None] & (box_prog[:, None] > s_prev[..., None])        # [P,n,A]
-    ahead_red = red_on[:, None] & (ctx["red_prog"][:, None] > s_prev[..., None])  # [P,n,L]
-    ego = geometry.ego_corners(pose_prev).reshape(-1, 4, 2)                      # [P*n,4,2]
-    # Boxes keep their 4 vertices (padding them to the red-light vertex count only repeats
-    # vertex 0, which changes no distance, at 6x the cost).
-    pair_dist = jax.vmap(jax.vmap(geometry.polygon_distance, (None, 0)), (0, None))
-    dist = jnp.concatenate([pair_dist(ego, boxes), pair_dist(ego, obs.red_polygons)], -1)
+    ahead_box = step["box_in"][:, None] & (step["box_prog"][:, None] > s_prev[..., None])
+    ahead_red = step["red_on"][:, None] & (ctx["red_prog"][:, None] > s_prev[..., None])
+    # Distances from the ego box (at the previous pose) to every object, as rectangles.
+    ego_c = geometry.ego_center(pose_prev)                                 # [P,n,2]
+    ego_axis = jnp.stack([jnp.cos(pose_prev[..., 2]), jnp.sin(pose_prev[..., 2])], -1)
+    ego_half = jnp.array([geometry.EGO_HALF_LENGTH, geometry.EGO_HALF_WIDTH])
+    d_box = geometry.box_distance(ego_c[..., None, :], ego_axis[..., None, :], ego_half,
+                                  step["centre"], ctx["box_axis"], ctx["box_half"])  # [P,n,A]
+    d_red = geometry.box_polygon_distance(
+        ego_c[..., None, :], pose_prev[..., 2, None], geometry.EGO_HALF_LENGTH,
+        geometry.EGO_HALF_WIDTH, obs.red_polygons, ctx["red_edges"])               # [P,n,L]
     ahead = jnp.concatenate([ahead_box, ahead_red], -1)
-    d_all = jnp.where(ahead, dist.reshape(ahead.shape), jnp.inf)                 # [P,n,A+L]
-    nearest = jnp.argmin(d_all, axis=-1)                                          # [P,n]
-    d_min = jnp.min(d_all, axis=-1)
+    d_all = jnp.where(ahead, jnp.concatenate([d_box, d_red], -1), jnp.inf)       # [P,n,A+L]
+    # argmin (first on ties) as two int32 reductions over the distances' bit patterns (order
+    # preserving for non-negative floats): several times cheaper than a variadic argmin.
+    key = jax.lax.bitcast_convert_type(d_all, jnp.int32)
+    key_min = key.min(-1)
+    nearest = jnp.where(key == key_min[..., None], jnp.arange(key.shape[-1]),
+                        key.shape[-1]).min(-1)                                    # [P,n]
+    d_min = jax.lax.bitcast_convert_type(key_min, jnp.float32)
     has = jnp.isfinite(d_min)
-    num_agents = boxes.shape[0]
+    num_agents = ahead_box.shape[-1]
     is_red = nearest >= num_agents
     j = jnp.minimum(nearest, num_agents - 1)
     lead_v = obs.agent_first_speed[j] * jnp.cos(
@@ -159,10 +232,11 @@ def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation):
     return jnp.stack(rows, axis=1)
 
 
-def _unroll(t0, num_pairs, carry, target, ctx, obs):
+def _unroll(t0, num_pairs, carry, target, ctx, obs, steps):
     """IDM unroll over steps t0, t0+1, .., t0 + 2 num_pairs - 1 (t0 odd) along ctx's paths.
 
-    carry = (s [P,n], v [P,n], pose [P,n,3], lead [P,n,3]) at step t0 - 1; target [P,n].
+    carry = (s [P,n], v [P,n], pose [P,n,3], lead [P,n,3]) at step t0 - 1; target [P,n];
+    steps: per even step t0 + 1 + 2 i the object data of :func:`_lead_rows` ([num_pairs, ...]).
     Returns the final carry and per-step (pose [T,P,n,3], s [T,P,n], v [T,P,n]).
     """
     interp = jax.vmap(lambda path, s: geometry.polyline_interpolate(path, ctx["valid"], s))
@@ -171,15 +245,16 @@ def _unroll(t0, num_pairs, carry, target, ctx, obs):
         s, v = idm_step(s, v, lead, target)
         return s, v, interp(ctx["paths"], s)
 
-    def pair(c, t_odd):
+    def pair(c, xs):
+        t_odd, step = xs
         s, v, pose, lead = c
         s1, v1, pose1 = advance(s, v, lead)              # odd step: copies the previous lead row
-        lead = _lead_rows(t_odd + 1, pose1, s1, ctx, obs)
+        lead = _lead_rows(t_odd + 1, pose1, s1, ctx, obs, step)
         s2, v2, pose2 = advance(s1, v1, lead)
         return (s2, v2, pose2, lead), (jnp.stack([pose1, pose2]), jnp.stack([s1, s2]),
                                        jnp.stack([v1, v2]))
 
-    carry, (poses, s, v) = jax.lax.scan(pair, carry, t0 + 2 * jnp.arange(num_pairs))
+    carry, (poses, s, v) = jax.lax.scan(pair, carry, (t0 + 2 * jnp.arange(num_pairs), steps))
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
     return carry, (flat(poses), flat(s), flat(v))
 
@@ -213,13 +288,31 @@ def pdm_closed_details(scene: types.Scene) -> dict:
     horizon = jnp.max(jnp.abs(v0)) * TRAJECTORY_STEPS * DT
     rects, rect_mask = jax.vmap(lambda p, s: _corridor(p, valid, s, s + horizon))(paths, s0)
     red_polys = obs.red_polygons
-    red_in = jax.vmap(lambda r, m: jax.vmap(lambda poly: (jax.vmap(
-        lambda rect: geometry.polygon_intersects_polygon(poly, rect))(r) & m).any())(red_polys)
-    )(rects, rect_mask)                                                             # [P,L]
+    red_edges = geometry.edge_table(red_polys)
+    along, across = rects[..., 0, :] - rects[..., 1, :], rects[..., 0, :] - rects[..., 3, :]
+    rect_len = jnp.sqrt(along[..., 0] ** 2 + along[..., 1] ** 2)
+    rect_axis = jnp.where(rect_len[..., None] > 0,
+                          along / jnp.where(rect_len > 0, rect_len, 1.0)[..., None],
+                          jnp.array([1.0, 0.0]))
+    red_hits = geometry.box_axis_intersects_polygon(
+        rects.mean(-2)[:, :, None], rect_axis[:, :, None], 0.5 * rect_len[:, :, None],
+        0.5 * jnp.sqrt(across[..., 0] ** 2 + across[..., 1] ** 2)[:, :, None],
+        red_edges)                                                                  # [P,R,L]
+    red_in = (red_hits & rect_mask[..., None]).any(1)                               # [P,L]
     red_c = jax.vmap(polygon_centroid)(red_polys)
     red_prog = jax.vmap(lambda p: geometry.polyline_project(red_c, p, valid)[0])(paths)
-    ctx = dict(paths=paths, valid=valid, length=length, rects=rects, rect_mask=rect_mask,
-               red_in=red_in, red_prog=red_prog)
+    # Everything about the objects that does not depend on the IDM state, for all even steps
+    # at once (vectorised, outside the sequential unroll).
+    even = 2 + 2 * jnp.arange(TRAJECTORY_STEPS // 2)                                # [25]
+    centre, box_axis, box_half = _box_frames(obs, even)
+    box_in = _in_corridor(rects, rect_mask, jnp.moveaxis(obs.agent_corners[:, even], 0, 1),
+                          obs.agent_present[:, even].T)                             # [25,P,A]
+    box_prog = jax.vmap(lambda p: geometry.polyline_project(
+        jnp.moveaxis(obs.agent_center[:, even], 0, 1), p, valid)[0], out_axes=1)(paths)
+    steps = dict(box_in=box_in, box_prog=box_prog, centre=centre,
+                 red_on=obs.red_active[:, even].T[:, None] & red_in[None])           # [25,P,L]
+    ctx = dict(paths=paths, valid=valid, length=length, red_prog=red_prog, box_axis=box_axis,
+               box_half=box_half, red_edges=red_edges)
 
     # Initial IDM state per proposal: progress of the rear axle, logged speed, path pose.
     pose0 = jax.vmap(lambda p, s: geometry.polyline_interpolate(p, valid, s))(paths, s0)
@@ -231,7 +324,7 @@ def pdm_closed_details(scene: types.Scene) -> dict:
     target = jnp.broadcast_to(v0[None], shape)
     # All 15 proposals are unrolled to step 50 in one scan; only the chosen one's steps 41..50
     # are used, and those see the lead vector the devkit's lone unroll would give them.
-    _, (poses, _, vel) = _unroll(1, TRAJECTORY_STEPS // 2, carry, target, ctx, obs)
+    _, (poses, _, vel) = _unroll(1, TRAJECTORY_STEPS // 2, carry, target, ctx, obs, steps)
     proposal_poses = jnp.concatenate([carry[2][None], poses], 0)       # [51,P,n,3]
     proposal_poses = jnp.moveaxis(proposal_poses, 0, 2).reshape(NUM_PROPOSALS, -1, 3)
     proposal_vel = jnp.moveaxis(jnp.concatenate([carry[1][None], vel], 0), 0, 2).reshape(

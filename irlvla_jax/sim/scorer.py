@@ -37,9 +37,10 @@ class ScoreDetails:
     simulated; reference_poses [B,51,3]: its IDM poses (zeros when the reference was passed in
     as states). human_states [B,41,11]: the simulated expert. raw: ``metrics.score_states``
     dict for the candidates ([B,K] sub-metrics and [B,K,41] ego-area flags; ``area_overflow``
-    [B,K,41] marks poses that overlapped more than ``metrics.AREA_CAPACITY`` polygon boxes,
-    where the area flags may be inexact, ``agent_overflow`` [B,K,41] likewise for NC/TTC and
-    ``metrics.AGENT_CAPACITY``).
+    [B,K,41] marks poses with a point in more than ``metrics.AREA_CAPACITY`` polygon boxes and
+    ``agent_overflow`` [B,K,41] steps near more than ``metrics.AGENT_CAPACITY`` agents, where
+    the exact fallback recomputed the flags / NC and TTC against everything: diagnostics only,
+    the results are exact either way).
     reference_progress, reference_multiplier [B]. unfiltered: SubScores [B,K] before the human
     filter. human: SubScores [B] of the expert. pdms_v1 [B,K]: NAVSIM v1 PDMS. epdms [B,K].
     """

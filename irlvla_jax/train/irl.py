@@ -12,13 +12,16 @@ One jitted step per batch of scenes (batch on the mesh's 'data' axis):
      needs the plan made 0.5 s earlier: the expert's, re-expressed in the t = -0.5 s frame
      (``scene_ops.previous_frame_plan``) and simulated from that frame's logged state;
   3. loss: per-metric CE (NC, DDC: 3 classes) / BCE (DAC, TLC, TTC, LK, HC, EC) / soft-target
-     BCE on the sigmoid (EP), class-balanced within the batch, weighted by ``irl.loss_weights``;
+     BCE on the sigmoid (EP), class-balanced within the batch (``irl.balance``,
+     ``balance_power``) with a matching logit adjustment (``irl.calibrate``) so that the heads'
+     probabilities stay calibrated for the expected-score reward, weighted by ``irl.loss_weights``;
      plus the inverse-RL term (``irl.irl_weight``): the expert demonstration must be rewarded at
      least as highly as every candidate the scorer ranks no higher than it — a hinge on the
      predicted-reward margin ``r(expert) - r(candidate)`` and a max-entropy IRL term
      ``-log softmax(r / T)[expert]`` over the expert and those candidates.
 Outputs under ``<workdir>/irl``: orbax checkpoints (resume), metrics.jsonl + TensorBoard,
-eval.json (held-out quality vs a training-mean baseline), printed as a table.
+eval.json (held-out quality vs a training-mean baseline, :func:`quality_metrics`), printed as a
+table, and eval_outputs.npz (the held-out predictions and labels behind it).
 """
 
 from __future__ import annotations
@@ -75,18 +78,23 @@ def scorer_labels(scene: types.Scene, trajs) -> types.SubScores:
 # ----------------------------------------------------------------------------------------------
 # Losses
 
-def _balanced_weights(onehot, mask, max_weight: float):
-    """Per-example weights that equalise the classes present in the batch.
+def _balanced_weights(onehot, mask, max_weight: float, power: float = 1.0):
+    """Per-example weights that (partly) equalise the classes present in the batch.
 
-    onehot [...,C], mask [...] -> [...]: 1 / (C_present * freq(class)), clipped to max_weight,
-    0 where mask is false. Rare failures (a few DAC = 0 among hundreds) get up to max_weight.
+    onehot [...,C], mask [...] -> (per-example weights [...], per-class weights [C]).
+    A class of frequency f gets (1 / (C_present * f)) ** power (power 1: inverse frequency,
+    0.5: inverse square root), clipped to max_weight, so rare failures (a few DAC = 0 among
+    hundreds) get up to max_weight; the per-example weights are 0 where mask is false. A class
+    absent from the batch gets max_weight in the per-class weights (what one example of it
+    would get), which only matters for the logit adjustment of :func:`supervised_loss`.
     """
     m = mask.astype(jnp.float32)
     counts = jnp.sum(onehot * m[..., None], axis=tuple(range(onehot.ndim - 1)))
     total = jnp.maximum(jnp.sum(m), 1.0)
     present = jnp.maximum(jnp.sum(counts > 0), 1)
-    w_class = jnp.where(counts > 0, total / (present * jnp.maximum(counts, 1.0)), 0.0)
-    return jnp.minimum(onehot @ w_class, max_weight) * m
+    w_class = (total / (present * jnp.maximum(counts, 1e-6))) ** power
+    w_class = jnp.minimum(w_class, max_weight)
+    return (onehot @ w_class) * m, w_class
 
 
 def _weighted_mean(x, w):
@@ -99,23 +107,45 @@ def class_index(x):
 
 
 def supervised_loss(pred: rwm_lib.Predictions, labels: types.SubScores, cfg: Mapping[str, Any]):
-    """Per-metric losses, weighted. pred/labels [B,K] -> (total [], dict of per-metric [])."""
+    """Per-metric losses, weighted. pred/labels [B,K] -> (total [], dict of per-metric []).
+
+    With ``cfg.balance`` the classes of each head are re-weighted within the batch
+    (:func:`_balanced_weights`, exponent ``cfg.balance_power``), which gives the rare failures
+    a learning signal. Weighted cross-entropy on its own would bias the head's probabilities
+    towards the rare classes (its optimum is p(c|x) w_c / sum_c' p(c'|x) w_c'), which the
+    expected-score reward and the argmax decision would inherit. With ``cfg.calibrate`` the loss
+    is taken on the logits plus log w_c instead, so that the same optimum is reached by
+    logits + log w, i.e. the model's own logits stay calibrated log-probabilities (a logit
+    adjustment): the re-weighted gradients are kept, the prior shift never reaches the outputs.
+    """
     balance = bool(cfg["balance"])
+    calibrate = balance and bool(cfg.get("calibrate", False))
     max_w = float(cfg["balance_max_weight"])
+    power = float(cfg.get("balance_power", 1.0))
     ones = jnp.ones_like(labels.ep, bool)
     out = {}
     for name in THREE_CLASS:
         logits = getattr(pred, f"{name}_logits")
         y = jax.nn.one_hot(class_index(getattr(labels, name)), 3)
-        w = _balanced_weights(y, ones, max_w) if balance else ones.astype(jnp.float32)
+        if balance:
+            w, w_class = _balanced_weights(y, ones, max_w, power)
+            if calibrate:
+                logits = logits + jnp.log(w_class)
+        else:
+            w = ones.astype(jnp.float32)
         out[name] = _weighted_mean(optax.softmax_cross_entropy(logits, y), w)
     for i, name in enumerate(rwm_lib.BINARY_METRICS):
         y = getattr(labels, name)
         mask = (labels.ec_weight > 0) if name == "ec" else ones
-        w = (_balanced_weights(jax.nn.one_hot((y > 0.5).astype(jnp.int32), 2), mask, max_w)
-             if balance else mask.astype(jnp.float32))
-        out[name] = _weighted_mean(optax.sigmoid_binary_cross_entropy(pred.binary_logits[..., i],
-                                                                      y), w)
+        logit = pred.binary_logits[..., i]
+        if balance:
+            w, w_class = _balanced_weights(jax.nn.one_hot((y > 0.5).astype(jnp.int32), 2), mask,
+                                           max_w, power)
+            if calibrate:
+                logit = logit + jnp.log(w_class[1]) - jnp.log(w_class[0])
+        else:
+            w = mask.astype(jnp.float32)
+        out[name] = _weighted_mean(optax.sigmoid_binary_cross_entropy(logit, y), w)
     out["ep"] = jnp.mean(optax.sigmoid_binary_cross_entropy(pred.ep_logit, labels.ep))
     weights = cfg["loss_weights"]
     total = sum(float(weights[k]) * v for k, v in out.items())
@@ -274,8 +304,8 @@ def _jit_shared(fn):
 def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
                    policy_fn: PolicyFn | None = None):
     """(params, frozen, scene [B], rng) -> dict of arrays: reward, true [B,K], probs of the
-    binary heads [B,K,6], 3-class predictions [B,K] (nc_pred, ddc_pred), ep_pred [B,K], the
-    labels [B,K] per sub-score, ec_weight [B,K], source [K].
+    binary heads [B,K,6], of the 3-class heads [B,K,3] (nc_prob, ddc_prob), ep_pred [B,K], the
+    labels [B,K] per sub-score, ec_weight [B,K], source [K], the candidates trajs [B,K,8,3].
 
     Like the train step it exposes its parts (``step.candidates``, ``step.labels``,
     ``step.predict(params, scene, trajs, source, tokens, labels)``) for :func:`jit_eval_step`.
@@ -286,9 +316,10 @@ def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = score
         pred = rwm_lib.apply(model, params, scene, trajs, tokens)
         out = dict(reward=pred.reward(labels.ec_weight), true=labels.epdms(),
                    binary_prob=jax.nn.sigmoid(pred.binary_logits),
-                   nc_pred=jnp.argmax(pred.nc_logits, -1), ddc_pred=jnp.argmax(pred.ddc_logits, -1),
+                   nc_prob=jax.nn.softmax(pred.nc_logits, -1),
+                   ddc_prob=jax.nn.softmax(pred.ddc_logits, -1),
                    ep_pred=jax.nn.sigmoid(pred.ep_logit), ec_weight=labels.ec_weight,
-                   source=source)
+                   source=source, trajs=trajs)
         out.update({f"y_{n}": getattr(labels, n) for n in types.SUBSCORE_NAMES})
         return out
 
@@ -349,13 +380,57 @@ def _regret(pred, true):
     return float(np.mean(best - chosen))
 
 
+def _balanced_accuracy(pred, y, num_classes):
+    """Mean over the classes present in y of the recall of that class (int arrays)."""
+    recalls = [np.mean(pred[y == c] == c) for c in range(num_classes) if np.any(y == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def _expert_ranking(pred, true, source, sources):
+    """How the predicted reward ranks the expert (slot 0) against the candidates of
+    ``sources`` that the scorer ranks no higher than it (true[j] <= true[expert]).
+
+    pred, true [N,K], source [K]. Returns (pairwise, scene_top):
+      pairwise  fraction of those (expert, j) pairs with pred[expert] > pred[j], ties 1/2
+                (0.5 for a constant predictor);
+      scene_top mean over scenes with at least one such j of the probability that the
+                expert comes first among itself and them by pred, ties broken uniformly
+                (1 / (1 + n) for a constant predictor).
+    """
+    cand = np.isin(source, [cand_lib.SOURCE_NAMES.index(s) for s in sources]) & \
+        (source != cand_lib.EXPERT)
+    pairs = cand[None] & (true[:, :1] >= true)                             # [N,K]
+    if not pairs.any():
+        return float("nan"), float("nan")
+    gap = pred[:, :1] - pred
+    win = np.where(gap > 1e-9, 1.0, np.where(gap >= -1e-9, 0.5, 0.0))
+    pairwise = float((win * pairs).sum() / pairs.sum())
+    tops = []
+    for g, pr in zip(gap, pairs):
+        if not pr.any():
+            continue
+        if (g[pr] < -1e-9).any():
+            tops.append(0.0)
+        else:
+            tops.append(1.0 / (1 + int((np.abs(g[pr]) <= 1e-9).sum())))
+    return pairwise, float(np.mean(tops))
+
+
 def quality_metrics(outs: Mapping[str, np.ndarray], train_means: Mapping[str, float] | None = None
                     ) -> dict[str, dict[str, float]]:
     """Held-out quality of the RWM and of the training-mean baseline.
 
-    outs: the eval step's arrays concatenated over scenes ([N,K] ...). train_means: the
-    ``label/*`` statistics of training. Returns {"rwm": {...}, "mean_baseline": {...}} with
-    acc_/auc_ per binary metric, acc_nc, acc_ddc, mae_ep, spearman, regret.
+    outs: the eval step's arrays concatenated over scenes ([N,K] ...), plus ``source`` [K].
+    train_means: the ``label/*`` statistics of training. Returns {"rwm": {...},
+    "mean_baseline": {...}} with, per binary metric, acc_ (decision p > 0.5), bacc_ (balanced
+    accuracy: mean recall of pass and fail, decision p > the training pass rate, the Bayes
+    decision for it) and auc_; for NC and DDC acc_ (argmax of the probabilities) and bacc_
+    (argmax of p / training class frequency); mae_ep; over the predicted EPDMS mae_epdms,
+    spearman (per scene, over its candidates), regret; and how the reward ranks the expert
+    against the policy samples (expert_vs_policy pairwise, expert_top_policy per scene) and
+    against all candidates (expert_vs_all, expert_top_all) that the scorer ranks no higher
+    than the expert (:func:`_expert_ranking`). The baseline predicts the training means: the
+    majority class for accuracy, a constant (AUC 0.5, balanced accuracy 1 / classes present).
     """
     rows = {"rwm": {}, "mean_baseline": {}}
     tm = dict(train_means or {})
@@ -364,37 +439,60 @@ def quality_metrics(outs: Mapping[str, np.ndarray], train_means: Mapping[str, fl
         mask = outs["ec_weight"] > 0 if n == "ec" else np.ones(y.shape, bool)
         if not mask.any():
             continue
-        p, yy = outs["binary_prob"][..., i][mask], y[mask]
-        rows["rwm"][f"acc_{n}"] = float(np.mean((p > 0.5) == (yy > 0.5)))
+        p, yy = outs["binary_prob"][..., i][mask], y[mask] > 0.5
+        prior = tm.get(f"label/{n}", float(np.mean(yy)))
+        rows["rwm"][f"acc_{n}"] = float(np.mean((p > 0.5) == yy))
+        rows["rwm"][f"bacc_{n}"] = _balanced_accuracy((p > prior).astype(int), yy.astype(int), 2)
         rows["rwm"][f"auc_{n}"] = _auc(p, yy)
-        mean = tm.get(f"label/{n}", float(np.mean(yy)))
-        rows["mean_baseline"][f"acc_{n}"] = float(np.mean((mean > 0.5) == (yy > 0.5)))
+        const = np.full(yy.shape, int(prior > 0.5))
+        rows["mean_baseline"][f"acc_{n}"] = float(np.mean(const == yy))
+        rows["mean_baseline"][f"bacc_{n}"] = _balanced_accuracy(const, yy.astype(int), 2)
         rows["mean_baseline"][f"auc_{n}"] = 0.5 if 0 < yy.mean() < 1 else float("nan")
     for n in THREE_CLASS:
-        y = np.clip(np.round(2 * outs[f"y_{n}"]), 0, 2)
-        rows["rwm"][f"acc_{n}"] = float(np.mean(outs[f"{n}_pred"] == y))
-        freqs = [tm.get(f"label/{n}_class{c}", 0.0) for c in range(3)]
-        rows["mean_baseline"][f"acc_{n}"] = float(np.mean(int(np.argmax(freqs)) == y))
+        y = np.clip(np.round(2 * outs[f"y_{n}"]), 0, 2).astype(int)
+        prob = outs[f"{n}_prob"]
+        freqs = np.asarray([tm.get(f"label/{n}_class{c}", 0.0) for c in range(3)])
+        if freqs.sum() <= 0:
+            freqs = np.bincount(y.ravel(), minlength=3) / y.size
+        balanced = np.argmax(prob / np.maximum(freqs, 1e-3), -1)
+        rows["rwm"][f"acc_{n}"] = float(np.mean(np.argmax(prob, -1) == y))
+        rows["rwm"][f"bacc_{n}"] = _balanced_accuracy(balanced, y, 3)
+        const = np.full(y.shape, int(np.argmax(freqs)))
+        rows["mean_baseline"][f"acc_{n}"] = float(np.mean(const == y))
+        rows["mean_baseline"][f"bacc_{n}"] = _balanced_accuracy(const, y, 3)
     rows["rwm"]["mae_ep"] = float(np.mean(np.abs(outs["ep_pred"] - outs["y_ep"])))
     rows["mean_baseline"]["mae_ep"] = float(np.mean(np.abs(
         tm.get("label/ep", float(np.mean(outs["y_ep"]))) - outs["y_ep"])))
     const = np.full_like(outs["true"], tm.get("label/epdms", 0.0))
+    source = outs.get("source")
     for name, pred in (("rwm", outs["reward"]), ("mean_baseline", const)):
         rows[name]["mae_epdms"] = float(np.mean(np.abs(pred - outs["true"])))
         rows[name]["spearman"] = _spearman_per_scene(pred, outs["true"])
         rows[name]["regret"] = _regret(pred, outs["true"])
+        if source is not None:
+            for tag, srcs in (("policy", ("policy",)), ("all", ("vocab", "policy", "perturb"))):
+                pw, top = _expert_ranking(pred, outs["true"], np.asarray(source), srcs)
+                rows[name][f"expert_vs_{tag}"], rows[name][f"expert_top_{tag}"] = pw, top
     return rows
 
 
-def evaluate(eval_step, params, frozen, batches, rng, train_means=None):
-    """Run ``eval_step`` over ``batches`` (iterable of Scene [B]) -> quality_metrics dict."""
+def evaluate(eval_step, params, frozen, batches, rng, train_means=None, dump: str | None = None):
+    """Run ``eval_step`` over ``batches`` (iterable of Scene [B]) -> quality_metrics dict;
+    with ``dump`` the concatenated arrays are also saved there (.npz) for inspection."""
     outs: dict[str, list] = {}
+    source = None
     for i, scene in enumerate(batches):
         o = jax.device_get(eval_step(params, frozen, scene, jax.random.fold_in(rng, i)))
         for k, v in o.items():
-            if k != "source":
+            if k == "source":
+                source = np.asarray(v)
+            else:
                 outs.setdefault(k, []).append(np.asarray(v))
     cat = {k: np.concatenate(v) for k, v in outs.items()}
+    if source is not None:
+        cat["source"] = source
+    if dump:
+        np.savez_compressed(dump, **cat)
     result = quality_metrics(cat, train_means)
     result["rwm"]["num_scenes"] = result["mean_baseline"]["num_scenes"] = int(cat["true"].shape[0])
     return result
@@ -542,7 +640,8 @@ def run(config, workdir: str) -> dict:
     eval_step = jit_eval_step(make_eval_step(config, model, scorer_labels, policy_fn), fuse,
                               train_step)
     limit = None if icfg.eval_scenes < 0 else icfg.eval_scenes
-    result = evaluate(eval_step, state.params, frozen, _eval_batches(config, limit), k_eval, means)
+    result = evaluate(eval_step, state.params, frozen, _eval_batches(config, limit), k_eval, means,
+                      dump=os.path.join(workdir, "irl", "eval_outputs.npz"))
     result["train_label_means"] = means
     tracking.write_json(os.path.join(workdir, "irl", "eval.json"), result)
     names = [k for k in result["rwm"] if k != "num_scenes"]
