@@ -145,6 +145,41 @@ def test_box_distances_match_shapely():
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_rectangle_predicates_match_shapely():
+    """The scorer's NC/TTC fast path tests agent boxes as rectangles (centre, axis, half sizes
+    recovered from the corners by box_frame): box-box and bumper-segment intersection must
+    agree with shapely on the same corners, touching pairs included."""
+    rng = np.random.default_rng(21)
+    n = 400
+    xy, h, lw = rand_boxes(rng, n, spread=6.0)
+    exy, eh, elw = rand_boxes(rng, n, spread=6.0)
+    a = g.box_corners(jnp.asarray(exy), eh, elw[:, 0], elw[:, 1])
+    b = g.box_corners(jnp.asarray(xy), h, lw[:, 0], lw[:, 1])
+    ac, aa, ah = g.box_frame(a)
+    bc, ba, bh = g.box_frame(b)
+    np.testing.assert_allclose(np.asarray(ah) * 2, elw, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ac), exy, atol=1e-5)
+    got = np.asarray(g.boxes_intersect(ac, aa, ah, bc, ba, bh))
+    want = np.array([Polygon(p).intersects(Polygon(q)) for p, q in zip(np.asarray(a),
+                                                                         np.asarray(b))])
+    assert 50 < want.sum() < n - 50
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, np.asarray(g.convex_intersect(a, b)))
+    # Touching squares count as intersecting, a hair apart do not (shapely's intersects).
+    sq = g.box_frame(jnp.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]]))
+    assert bool(g.boxes_intersect(*sq, sq[0] + jnp.array([2.0, 0.0]), *sq[1:]))
+    assert not bool(g.boxes_intersect(*sq, sq[0] + jnp.array([2.001, 0.0]), *sq[1:]))
+    # The front bumper (corner FL -> FR of the first box) against the second box.
+    got = np.asarray(g.segment_intersects_box(a[:, 0], a[:, 3], bc, ba, bh))
+    want = np.array([LineString([p[0], p[3]]).intersects(Polygon(q))
+                     for p, q in zip(np.asarray(a), np.asarray(b))])
+    assert 20 < want.sum() < n - 50
+    np.testing.assert_array_equal(got, want)
+    # A degenerate (zero-length) box keeps a unit axis and stays finite.
+    c0, a0, h0 = g.box_frame(jnp.zeros((4, 2)))
+    assert np.isfinite(np.asarray(a0)).all() and float(jnp.linalg.norm(a0)) == 1.0
+
+
 def _random_polyline(rng, n, pad_to):
     steps = rng.uniform(0.5, 3.0, (n - 1, 1)) * np.stack(
         [np.cos(np.cumsum(rng.normal(0, 0.4, n - 1))), np.sin(np.cumsum(rng.normal(0, 0.4, n - 1)))], -1)

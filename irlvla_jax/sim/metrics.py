@@ -270,14 +270,17 @@ def _boxes_overlap(amin, amax, bmin, bmax):
 
 
 def _agent_tables(obs):
-    """Per-scene agent constants, time-major: corners [41,A,4,2], centre [41,A,2], present
-    [41,A], box lo/hi [41,A,2]; for TTC the union box and presence over each step's 4
-    projection times: ttc_lo/ttc_hi [T',A,2], ttc_present [T',A]."""
+    """Per-scene agent constants, time-major: the boxes as rectangles (box_centre, axis,
+    half [41,A,2], ``geo.box_frame``), centre [41,A,2] (the track position, for the relative
+    angles), present [41,A], box lo/hi [41,A,2]; for TTC the union box and presence over each
+    step's 4 projection times: ttc_lo/ttc_hi [T',A,2], ttc_present [T',A]."""
     corners = jnp.swapaxes(obs.agent_corners[:, :NUM_STATES], 0, 1)
     present = obs.agent_present[:, :NUM_STATES].T
     lo, hi = _box_lo_hi(corners)
+    box_centre, axis, half = geo.box_frame(corners)
     tt = np.arange(TTC_LAST_T + 1)[:, None] + TTC_STEPS[None]              # [T',4]
-    tables = dict(corners=corners, centre=jnp.swapaxes(obs.agent_center[:, :NUM_STATES], 0, 1),
+    tables = dict(box_centre=box_centre, axis=axis, half=half,
+                  centre=jnp.swapaxes(obs.agent_center[:, :NUM_STATES], 0, 1),
                   present=present, lo=lo, hi=hi, ttc_lo=lo[tt].min(1), ttc_hi=hi[tt].max(1),
                   ttc_present=present[tt].any(1), first_speed=obs.agent_first_speed,
                   dynamic=obs.agent_is_dynamic)
@@ -313,28 +316,42 @@ def _first_events(key, index, num, aligned):
     return jnp.where(mine, key.reshape(-1)[:, None], _NO_EVENT).min(0)
 
 
+_EGO_HALF = (geo.EGO_HALF_LENGTH, geo.EGO_HALF_WIDTH)
+
+
+def _ego_frame(pose):
+    """The ego footprint as a rectangle: (centre [...,2], axis [...,2]) from rear-axle poses."""
+    return geo.ego_center(pose), jnp.stack([jnp.cos(pose[..., 2]), jnp.sin(pose[..., 2])], -1)
+
+
 def _no_at_fault_collision(corners, pose, speed, areas, tables, capacity):
     """NC of one trajectory (spec §5.2-5.3).
 
     corners [41,4,2], pose [41,3] rear axle, speed [41], areas: ego_areas dict [41];
     capacity: agents tested per step (those whose box overlaps the ego's), None = all.
     Returns (nc [], overflow [41]: more than ``capacity`` agents' boxes overlapped the ego's).
+    Boxes are tested as rectangles (``geo.boxes_intersect``, ``geo.segment_intersects_box``:
+    the polygon predicates on their corners, a few times cheaper).
     """
     num_a = tables["present"].shape[1]
     t = jnp.arange(NUM_STATES)[:, None]
     if capacity is None or capacity >= num_a:
         index = jnp.broadcast_to(jnp.arange(num_a), (NUM_STATES, num_a))
         slot_valid, overflow, aligned = tables["present"], jnp.zeros((NUM_STATES,), bool), True
-        near, centre = tables["corners"], tables["centre"]
+        near = [tables[n] for n in ("box_centre", "axis", "half", "centre")]
     else:
         lo, hi = (_materialize(x) for x in _box_lo_hi(corners))
         near_box = tables["present"] & _boxes_overlap(tables["lo"], tables["hi"], lo[:, None],
                                                       hi[:, None])         # [41,A]
         index, slot_valid, overflow = first_true(near_box, capacity)       # [41,C]
-        near, centre, aligned = tables["corners"][t, index], tables["centre"][t, index], False
-    hit = slot_valid & geo.convex_intersect(corners[:, None], near)         # [41,C]
-    bumper = jax.vmap(jax.vmap(geo.segment_intersects_polygon, (None, None, 0)))(
-        corners[:, 0], corners[:, 3], near)                                 # [41,C]
+        near = [tables[n][t, index] for n in ("box_centre", "axis", "half", "centre")]
+        aligned = False
+    box_centre, axis, half, centre = near
+    ego_centre, ego_axis = _ego_frame(pose)
+    hit = slot_valid & geo.boxes_intersect(ego_centre[:, None], ego_axis[:, None],
+                                           jnp.asarray(_EGO_HALF), box_centre, axis, half)
+    bumper = geo.segment_intersects_box(corners[:, None, 0], corners[:, None, 3], box_centre,
+                                        axis, half)                         # [41,C]
     dynamic = tables["dynamic"][index]
     stopped_track = ~dynamic | (tables["first_speed"][index] <= STOPPED_SPEED)
     rear = _relative_cos(pose[:, None], centre) < BEHIND_COS
@@ -358,23 +375,26 @@ def _time_to_collision(corners, pose, speed, areas, tables, capacity):
     num_a = tables["present"].shape[1]
     t = np.arange(TTC_LAST_T + 1)                                           # [T']
     tt = t[:, None] + TTC_STEPS[None]                                       # [T',4]
-    heading = pose[t, 2]
-    shift = (speed[t, None] * TTC_STEPS[None] * 0.1)[..., None] * \
-        jnp.stack([jnp.cos(heading), jnp.sin(heading)], -1)[:, None]          # [T',4,2]
-    ego = corners[t][:, None] + shift[:, :, None]                           # [T',4,4,2]
+    ego_centre, ego_axis = _ego_frame(pose[t])                              # [T',2]
+    shift = (speed[t, None] * TTC_STEPS[None] * 0.1)[..., None] * ego_axis[:, None]  # [T',4,2]
     if capacity is None or capacity >= num_a:
         index = jnp.broadcast_to(jnp.arange(num_a), (len(t), num_a))
         slot_valid, overflow, aligned = tables["ttc_present"], jnp.zeros((len(t),), bool), True
     else:
-        lo, hi = _materialize(ego.min((1, 2))), _materialize(ego.max((1, 2)))   # [T',2]
+        # The projected boxes' union: the box at 0 s stretched by the 0.9 s shift.
+        lo, hi = _box_lo_hi(corners[t])
+        lo = _materialize(lo + jnp.minimum(shift[:, -1], 0.0))              # [T',2]
+        hi = _materialize(hi + jnp.maximum(shift[:, -1], 0.0))
         near_box = tables["ttc_present"] & _boxes_overlap(
             tables["ttc_lo"], tables["ttc_hi"], lo[:, None], hi[:, None])   # [T',A]
         index, slot_valid, overflow = first_true(near_box, capacity)      # [T',C]
         aligned = False
     ti, ci = tt[:, :, None], index[:, None, :]                             # [T',4,1], [T',1,C]
-    near = tables["corners"][ti, ci]                                        # [T',4,C,4,2]
     hit = (slot_valid[:, None] & tables["present"][ti, ci] &
-           geo.convex_intersect(ego[:, :, None], near))                     # [T',4,C]
+           geo.boxes_intersect((ego_centre[:, None] + shift)[:, :, None],
+                               ego_axis[:, None, None], jnp.asarray(_EGO_HALF),
+                               tables["box_centre"][ti, ci], tables["axis"][ti, ci],
+                               tables["half"][ti, ci]))                     # [T',4,C]
     hit = hit & (speed[t] >= TTC_STOPPED_SPEED)[:, None, None]
     rel = _relative_cos(pose[t][:, None, None], tables["centre"][ti, ci])   # [T',4,C]
     risky_area = (areas["multiple_lanes"] | areas["non_drivable"] |

@@ -172,14 +172,8 @@ def _box_frames(obs: Observation, steps):
     """Oriented-rectangle form of the objects' boxes at the given observation steps:
     centre [T,A,2], axis [A,2] (unit, along the box length), half [A,2] (half length, half
     width). The boxes move without turning, so axis and size come from their first step."""
-    c = obs.agent_corners[:, 0]                                            # [A,4,2] FL RL RR FR
-    along, across = c[:, 0] - c[:, 1], c[:, 0] - c[:, 3]
-    length = jnp.sqrt(along[:, 0] ** 2 + along[:, 1] ** 2)
-    width = jnp.sqrt(across[:, 0] ** 2 + across[:, 1] ** 2)
-    axis = jnp.where(length[:, None] > 0, along / jnp.where(length > 0, length, 1.0)[:, None],
-                     jnp.array([1.0, 0.0]))
-    centre = jnp.moveaxis(obs.agent_center[:, steps], 0, 1)                # [T,A,2]
-    return centre, axis, 0.5 * jnp.stack([length, width], -1)
+    _, axis, half = geometry.box_frame(obs.agent_corners[:, 0])
+    return jnp.moveaxis(obs.agent_center[:, steps], 0, 1), axis, half
 
 
 def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation, step):
