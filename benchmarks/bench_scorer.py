@@ -38,8 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irlvla_jax import types
-from irlvla_jax.sim import observation, pdm_closed, scorer
+# Appended, not prepended: --baseline runs this script with PYTHONPATH=<other tree>, which wins.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from irlvla_jax import types  # noqa: E402
+from irlvla_jax.sim import observation, pdm_closed, scorer  # noqa: E402
 
 
 def synthetic_scene(sizes: types.SceneSizes, rng: np.random.Generator, n_agents: int,

@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     # the synthetic world (irlvla_jax/data/synthetic)
     d.synthetic = ml_collections.ConfigDict(dict(
         seed=0,
-        num_logs=dict(synthetic_train=16, synthetic_val=4),
+        num_logs=dict(synthetic_train=48, synthetic_val=8),
         frames_per_log=40,
         image_wh=(480, 270),       # written JPEG size (NAVSIM: 1920x1080); intrinsics match
         lidar_points=4000,
@@ -149,7 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
         x0_base="anchor",           # x0 = base + predicted offset; base: "anchor" | "noisy" (x_t)
     ))
     c.il = ml_collections.ConfigDict(dict(
-        num_steps=600, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,
+        num_steps=1000, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,
         end_lr_factor=0.05,
         loss_weights=dict(traj_cls=10.0, traj_reg=8.0, det_cls=1.0, det_box=1.0, bev=1.0,
                           meta=1.0),
@@ -195,10 +195,12 @@ def get_config() -> ml_collections.ConfigDict:
         horizon=2,                 # T planning steps of 0.5 s per closed-loop episode (1: single shot)
         reward="rwm",              # "rwm" (trained on the world model) or "scorer" (true EPDMS)
         log_scorer=True,           # also compute the true scorer's reward every update (logging)
+        closed_loop_ec=True,       # EC of each plan vs the previous step's plan in the reward
         advantage="gae",           # "gae" (value head) or "group" (normalised over the G samples)
         gamma=0.99, gae_lambda=0.95, gamma_denoise=0.99,
         normalize_advantages=True,  # standardise GAE advantages over the update's batch
         clip_first=0.02, clip_last=0.1, clip_rate=3.0,   # per-denoising-step clip schedule
+        clip_mode=0.1,             # clip range of the classifier's mode choice
         eta=0.0, sigma_min_sample=0.04, sigma_min_logprob=0.1,   # chain noise = entropy floor
         kl_coef=0.1,               # BC/KL term to the frozen IL policy (ReCogDrive 0.1)
         vf_coef=0.5, value_hidden=128,

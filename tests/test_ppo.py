@@ -51,6 +51,32 @@ def setup():
                 update=update, reward_fn=reward_fn, jitted=ppo.jit_update(update))
 
 
+def test_reward_counts_closed_loop_ec_after_the_first_step(setup):
+    """From the rollout's second step, the RWM reward takes EC from the rollout (the plan vs
+    the previous step's plan) with weight 1; at the first step it uses the RWM's own EC head,
+    counted where the scene has a logged previous frame."""
+    s = setup
+    scene = s["scene"].replace(has_previous=jnp.asarray([True, False]))
+    plans = jnp.zeros((B, 8, 3)).at[:, :, 0].set(jnp.arange(1.0, 9.0) * 3.0)
+    cfg = s["config"]
+    model = rwm_lib.RewardModel(cfg.rwm)
+    params = rwm_lib.init_params(model, s["scene"], jax.random.PRNGKey(1))
+    fn = ppo.make_reward_fn(model, params, use_scorer=False)
+    pred = rwm_lib.apply(model, params, scene, plans[:, None])          # [B,1] candidates
+    first = fn(scene, plans, None, (jnp.zeros(B), jnp.zeros(B)))["rwm"]
+    np.testing.assert_allclose(first, pred.reward(jnp.asarray([1.0, 0.0]))[:, 0], rtol=1e-5)
+    later = {}
+    for ec in (0.0, 1.0):
+        later[ec] = fn(scene, plans, None, (jnp.full((B,), ec), jnp.ones(B)))["rwm"]
+        want = pred.subscores(jnp.ones(B)).replace(ec=jnp.full((B, 1), ec)).epdms()[:, 0]
+        np.testing.assert_allclose(later[ec], want, rtol=1e-5)
+    assert np.all(np.asarray(later[1.0]) > np.asarray(later[0.0]))
+    # a failed EC step costs 2/16 of the weighted average; off, EC is never counted
+    off = ppo.make_reward_fn(model, params, use_scorer=False, closed_loop_ec=False)
+    np.testing.assert_allclose(off(scene, plans, None, (jnp.zeros(B), jnp.ones(B)))["rwm"],
+                               pred.reward(jnp.zeros(B))[:, 0], rtol=1e-5)
+
+
 def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 

@@ -9,15 +9,15 @@ import pytest
 import ppo_scenes
 from irlvla_jax import geometry
 from irlvla_jax.models import policy as policy_lib
-from irlvla_jax.sim import simulate, trajectory
+from irlvla_jax.sim import comfort, simulate, trajectory
 from irlvla_jax.train import ppo
 from irlvla_jax.train import rollout as ro
 
 T, G, B = 3, 2, 2
 
 
-def progress_reward(scene, plans, tokens):
-    return {"progress": plans[:, -1, 0] / 40.0}
+def progress_reward(scene, plans, tokens, ec):
+    return {"progress": plans[:, -1, 0] / 40.0, "ec": ec[0] * ec[1]}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,22 @@ def test_executed_states_are_the_bicycle_integration_of_the_plans(loop):
     np.testing.assert_allclose(traj.states[0, :, 0, trajectory.StateIndex.VX],
                                np.repeat(loop["scene"].ego_velocity[:, 0], G))
     assert np.all(poses[-1, :, 0] > 5.0)
+
+
+def test_extended_comfort_compares_consecutive_plans(loop):
+    """EC in closed loop: each step's plan against the previous step's, both simulated 4 s
+    from their own start state; no previous plan at the first step (weight 0)."""
+    traj = loop["traj"]
+    np.testing.assert_array_equal(traj.ec_weight[0], 0.0)
+    np.testing.assert_array_equal(traj.ec_weight[1:], 1.0)
+    sim = jax.jit(jax.vmap(lambda plan, s0: simulate.simulate(
+        trajectory.reference_poses(plan), s0)))
+    full = sim(traj.chain.traj.reshape(-1, 8, 3), traj.states[:, :, 0].reshape(-1, 11))
+    full = np.asarray(full).reshape(T, B * G, -1, 11)
+    want = jax.vmap(comfort.extended_comfort)(full[1:].reshape(-1, *full.shape[2:]),
+                                              full[:-1].reshape(-1, *full.shape[2:]))
+    np.testing.assert_array_equal(traj.ec[1:].reshape(-1), want)
+    np.testing.assert_array_equal(traj.rewards["ec"], traj.ec * traj.ec_weight)
 
 
 def test_agents_follow_the_log_and_the_ego_its_execution(loop):

@@ -123,21 +123,44 @@ def init_state(config, frozen_policy: Mapping[str, Any], tokens: SceneTokens, rn
 # ----------------------------------------------------------------------------------------------
 # Rewards.
 
-def make_reward_fn(rwm_model: rwm_lib.RewardModel | None, rwm_params, use_scorer: bool
-                   ) -> rollout_lib.RewardFn:
-    """reward_fn(scene [N], plans [N,8,3], tokens) -> {'rwm': [N], 'scorer': [N]} (each when
-    available). EC is not counted in closed loop (weight 0): a step's previous plan is another
-    chain's, not a logged frame."""
-    def fn(scene, plans, tokens):
+def make_reward_fn(rwm_model: rwm_lib.RewardModel | None, rwm_params, use_scorer: bool,
+                   closed_loop_ec: bool = True) -> rollout_lib.RewardFn:
+    """reward_fn(scene [N], plans [N,8,3], tokens, (ec, ec_weight)) -> {'rwm': [N], 'scorer':
+    [N]} (each when available): the EPDMS of the plan, EC included.
+
+    EC compares a plan with the plan of 0.5 s earlier. With ``closed_loop_ec``:
+    * from the rollout's second step on (ec_weight 1) that is the previous step's own plan, and
+      the rollout's exact EC (``comfort.extended_comfort`` of the two simulations) is used for
+      both sources: it depends on the ego's two plans only, not on the world;
+    * at the first step (ec_weight 0) the ego is at a logged frame and the plan of 0.5 s
+      earlier is the log's (as in the RWM's training labels): the RWM's EC head, or the scorer
+      against the previous frame's expert plan, counted where the scene has a previous frame.
+    Without it EC has weight 0 everywhere.
+    """
+    def fn(scene, plans, tokens, ec=None):
+        n = plans.shape[0]
+        if closed_loop_ec and ec is not None:
+            loop_ec, loop_w = ec
+        else:
+            loop_ec, loop_w = jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32)
+        log_w = (1.0 - loop_w) * scene.has_previous.astype(jnp.float32) if closed_loop_ec \
+            else jnp.zeros((n,), jnp.float32)
+
+        def epdms(sub):
+            # sub: SubScores [N] whose ec is the plan's EC against the log's previous frame
+            return sub.replace(ec=loop_w * loop_ec + (1.0 - loop_w) * sub.ec,
+                               ec_weight=loop_w + log_w).epdms()
+
         out = {}
         if rwm_model is not None:
             pt = tokens if rwm_model.cfg.scene_encoder == "policy" else None
             pred = rwm_lib.apply(rwm_model, rwm_params, scene, plans[:, None], pt)
-            out["rwm"] = pred.reward(jnp.zeros(plans.shape[:1], jnp.float32))[:, 0]
+            out["rwm"] = epdms(jax.tree.map(lambda x: x[:, 0], pred.subscores(log_w)))
         if use_scorer:
             from irlvla_jax.sim import scorer
-            sub, _ = scorer.score(scene, plans[:, None])
-            out["scorer"] = sub.replace(ec_weight=jnp.zeros_like(sub.ec_weight)).epdms()[:, 0]
+            from irlvla_jax.train.irl import previous_frame_states
+            sub, _ = scorer.score(scene, plans[:, None], previous_frame_states(scene))
+            out["scorer"] = epdms(jax.tree.map(lambda x: x[:, 0], sub))
         return out
     return fn
 
@@ -186,7 +209,9 @@ def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
     adv = jnp.concatenate([adv_lib.chain_advantages(mb.adv, s, cfg.gamma_denoise),
                            mb.adv[:, None]], -1)
     clip = adv_lib.clip_schedule(s, cfg.clip_first, cfg.clip_last, cfg.clip_rate)
-    clip = jnp.concatenate([clip, clip[-1:]])
+    # The mode choice is one categorical action with its own clip range (config.ppo.clip_mode).
+    clip = jnp.concatenate([clip, jnp.full((1,), cfg.get("clip_mode", cfg.clip_last),
+                                           clip.dtype)])
     obj, was_clipped = clipped_objective(logp, mb.old_logp, adv, clip)
     pg_loss = -jnp.mean(obj)
     d = mb.il_logp - logp
@@ -418,7 +443,8 @@ def run(config, workdir: str) -> dict:
     state = init_state(config, il_vars, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                                      tokens), k_init)
     use_scorer = cfg.reward == "scorer" or bool(cfg.log_scorer)
-    reward_fn = make_reward_fn(rwm_model, rwm_params, use_scorer)
+    reward_fn = make_reward_fn(rwm_model, rwm_params, use_scorer,
+                               bool(config.ppo.get("closed_loop_ec", True)))
     update = jit_update(make_update(config, model, reward_fn), mesh)
     frozen = parallel.replicate({"policy": il_vars}, mesh)
     state = parallel.replicate(state, mesh)

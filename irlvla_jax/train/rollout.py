@@ -6,7 +6,11 @@ At every step, for every row:
 1. the policy plans from the current ego state: a stochastic DDIM chain (its per-step Gaussian
    log-probs and the classifier's sampled mode are stored for PPO);
 2. the reward function scores the plan in the current scene (RWM by default, the true scorer as
-   an ablation; both can be logged);
+   an ablation; both can be logged). It also gets the plan's extended comfort (EC): from the
+   second step on, the plan is compared with the plan of the step before, both simulated for
+   4 s from their own start state (``comfort.extended_comfort``), which is what NAVSIM's EC
+   measures between consecutive frames. EC depends on the ego's own two plans only, not on
+   the world, so it is computed exactly whatever the reward source;
 3. the ego executes the first 0.5 s of the plan: the LQR tracker + kinematic bicycle of
    ``irlvla_jax.sim`` for 5 steps of 0.1 s, starting from the carried ego state (speed,
    acceleration, steering are kept across steps; the pose is re-zeroed in each new frame);
@@ -38,15 +42,17 @@ from irlvla_jax import geometry, scene_ops, types
 from irlvla_jax.models import bev as bev_lib
 from irlvla_jax.models import policy as policy_lib
 from irlvla_jax.models.planner import Chain, SceneTokens
-from irlvla_jax.sim import bicycle, lqr, trajectory
+from irlvla_jax.sim import bicycle, comfort, lqr, trajectory
 from irlvla_jax.sim.trajectory import StateIndex as S
 
 STEPS_PER_PLAN = round(trajectory.PLAN_DT / trajectory.DT)   # 5 bicycle steps per 0.5 s
 
-#: reward_fn(scene [N], plans [N,8,3], tokens SceneTokens [N]) -> dict name -> [N] f32 (the
-#: tokens are what the policy observed, for an RWM that reads them). The rollout stores every
-#: entry; the PPO stage chooses which one it trains on.
-RewardFn = Callable[[types.Scene, jax.Array, SceneTokens], Mapping[str, jax.Array]]
+#: reward_fn(scene [N], plans [N,8,3], tokens SceneTokens [N], ec (value [N], weight [N]))
+#: -> dict name -> [N] f32. tokens: what the policy observed (for an RWM that reads them); ec:
+#: the plan's extended comfort against the previous step's plan, weight 0 at the first step
+#: (no previous plan). The rollout stores every entry; PPO chooses which one it trains on.
+RewardFn = Callable[[types.Scene, jax.Array, SceneTokens, tuple[jax.Array, jax.Array]],
+                    Mapping[str, jax.Array]]
 
 
 class Transition(NamedTuple):
@@ -58,12 +64,16 @@ class Transition(NamedTuple):
     rewards: dict name -> [N] (e.g. 'rwm', 'scorer').
     pose: [N,3] the ego's rear-axle pose at the start of the step, in the t = 0 frame.
     states: [N,6,11] the executed ego states of the step (row 0 = the start), in the step's frame.
+    ec, ec_weight: [N] the plan's extended comfort against the previous step's plan, and 1 where
+      it counts (every step but the first).
     """
     tokens: SceneTokens
     chain: Chain
     rewards: dict
     pose: jax.Array
     states: jax.Array
+    ec: jax.Array
+    ec_weight: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,24 +214,31 @@ def rollout(model: policy_lib.VLAPolicy, variables, scene: types.Scene, rng: jax
                          tokens0.meta_logits).replace(aux={})
 
     def step(carry, inputs):
-        scn, state, pose = carry
+        scn, state, pose, prev_full = carry
         key, t = inputs
         # t = 0 sees the encoded scene itself; later steps re-observe the moved ego.
         tokens = jax.lax.cond(t == 0, lambda: tokens0, lambda: observe(scn, pose))
         chain = policy_lib.plan(model, variables, tokens, key, stochastic=True, eta=eta,
                                 sigma_min=sigma_min)
+        # The whole 4 s simulation of the plan (EC compares it with the next step's); its
+        # first 0.5 s is what the ego executes.
+        full = execute(chain.traj, state, num_steps=trajectory.NUM_STEPS)      # [N,41,11]
+        states = full[:, :STEPS_PER_PLAN + 1]                        # [N,6,11] step frame
+        ec = jax.vmap(comfort.extended_comfort)(full, prev_full)
+        ec_weight = jnp.broadcast_to((t > 0).astype(jnp.float32), ec.shape)
         rewards = {k: v.astype(jnp.float32)
-                   for k, v in reward_fn(scn, chain.traj, tokens).items()}
-        states = execute(chain.traj, state)                          # [N,6,11] step frame
+                   for k, v in reward_fn(scn, chain.traj, tokens, (ec, ec_weight)).items()}
         end = states[:, -1]
         new_scene = advance_scene(scn, end)
         new_pose = geometry.to_global(end[:, :3], pose)
-        tr = Transition(tokens=tokens, chain=chain, rewards=rewards, pose=pose, states=states)
-        return (new_scene, reframe_state(end), new_pose), tr
+        tr = Transition(tokens=tokens, chain=chain, rewards=rewards, pose=pose, states=states,
+                        ec=ec, ec_weight=ec_weight)
+        return (new_scene, reframe_state(end), new_pose, full), tr
 
-    carry0 = (scene_n, initial_states(scene_n), jnp.zeros((n, 3), jnp.float32))
+    full0 = jnp.zeros((n, trajectory.NUM_STEPS + 1, trajectory.STATE_DIM), jnp.float32)
+    carry0 = (scene_n, initial_states(scene_n), jnp.zeros((n, 3), jnp.float32), full0)
     keys = jax.random.split(rng, num_steps)
-    (scn, state, pose), traj = jax.lax.scan(step, carry0, (keys, jnp.arange(num_steps)))
+    (scn, state, pose, _), traj = jax.lax.scan(step, carry0, (keys, jnp.arange(num_steps)))
     # What the ego would observe next (unused inside an update: XLA drops it there).
     tokens = observe(scn, pose)
     return traj, {"pose": pose, "state": state, "scene": scn, "tokens": tokens}
