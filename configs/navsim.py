@@ -69,6 +69,8 @@ def get_config():
                       num_vocab=16, num_policy=16, num_perturb=32,
                       log_every=50, ckpt_every=1000, eval_scenes=2000))
     # --- ppo at paper scale (stage 3) ----------------------------------------------------------
+    # Full DPPO (denoiser + classifier), the paper's setting. The tiny default trains only the
+    # classifier: with its few samples per update, DPPO made the waypoints jerky (tiny.py).
     c.ppo.update(dict(num_updates=2000, group_size=8, horizon=4, epochs=4, minibatches=8,
-                      lr=2e-5, log_every=10, ckpt_every=100))
+                      lr=2e-5, trainable="planner", log_every=10, ckpt_every=100))
     return c

@@ -77,6 +77,32 @@ def test_reward_counts_closed_loop_ec_after_the_first_step(setup):
                                pred.reward(jnp.zeros(B))[:, 0], rtol=1e-5)
 
 
+def test_classifier_only_training_leaves_the_denoiser_unchanged(setup):
+    """ppo.trainable = "classifier": only the mode-classification head and the value head get
+    gradients, and the stage's optimizer then leaves every other parameter bit-identical."""
+    params = setup["state"].params
+    grads = jax.tree.map(jnp.ones_like, params)
+    masked = ppo.mask_gradients(grads, "classifier")
+    flat = jax.tree_util.tree_flatten_with_path(masked)[0]
+    names = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in flat]
+    kept = {n for n, (_, g) in zip(names, flat) if float(jnp.max(g)) == 1.0}
+    assert kept and all(n.startswith("value") or "cls_head" in n for n in kept)
+    assert any("cls_head" in n for n in kept) and len(kept) < len(names)
+    tx = ppo.make_optimizer(setup["config"].ppo, total_steps=4)
+    opt = tx.init(params)
+    for _ in range(2):
+        updates, opt = tx.update(masked, opt, params)
+        new = optax.apply_updates(params, updates)
+    for n, a, b in zip(names, jax.tree.leaves(params), jax.tree.leaves(new)):
+        if n in kept:
+            assert not np.array_equal(a, b), n
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=n)
+    assert ppo.mask_gradients(grads, "planner") is grads
+    with pytest.raises(ValueError, match="trainable"):
+        ppo.mask_gradients(grads, "encoder")
+
+
 def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 

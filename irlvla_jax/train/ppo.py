@@ -226,6 +226,30 @@ def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
                   "mode_entropy": jnp.mean(entropy)}
 
 
+def mask_gradients(grads, trainable: str):
+    """Zero the gradients of what ``config.ppo.trainable`` keeps frozen.
+
+    "planner": the whole diffusion planner (denoiser + mode classifier) and the value head.
+    "classifier": only the planner's mode-classification head (``cls_head_*``) and the value
+    head; the denoiser, and so every mode's trajectory, stays the IL one. The chain's Gaussian
+    terms then have ratio 1 and RL re-ranks the modes. (On the embedded default, DPPO updates
+    of the denoiser made the waypoints jerky: the mean |jerk| of the plans rose from 0.7 to
+    5.9 m/s^3 and EC fell from 0.62 to 0.06.) With AdamW and no weight decay, zero gradients
+    leave those parameters exactly unchanged.
+    """
+    if trainable == "planner":
+        return grads
+    if trainable != "classifier":
+        raise ValueError(f"config.ppo.trainable = {trainable!r}: expected 'planner' or "
+                         f"'classifier'")
+
+    def keep(path, g):
+        names = [getattr(k, "key", str(k)) for k in path]
+        ok = names[0] == "value" or any(str(n).startswith("cls_head") for n in names)
+        return g if ok else jnp.zeros_like(g)
+    return jax.tree_util.tree_map_with_path(keep, grads)
+
+
 # ----------------------------------------------------------------------------------------------
 # One update = one program.
 
@@ -280,6 +304,7 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
 
             def minibatch(st2, mb):
                 (_, m), grads = grad_fn(st2.params, model, value_head, frozen["policy"], mb, cfg)
+                grads = mask_gradients(grads, cfg.get("trainable", "planner"))
                 m["grad_norm"] = optax.tree.norm(grads)
                 return st2.apply_gradients(grads), m
 
