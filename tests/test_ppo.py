@@ -24,8 +24,10 @@ def _config():
     c = ppo_scenes.small_config()
     c.data.batch_size = B
     c.rwm.update(dict(d_model=16, num_heads=2, mlp_dim=32, num_blocks=1))
+    # Full DPPO (denoiser + classifier): the mechanics below cover every chain term.
     c.ppo.update(dict(group_size=2, horizon=1, epochs=1, minibatches=2, num_updates=2,
-                      log_scorer=False, value_hidden=16, lr=1e-3, ckpt_every=1, log_every=1))
+                      log_scorer=False, value_hidden=16, lr=1e-3, ckpt_every=1, log_every=1,
+                      trainable="planner"))
     return c
 
 

@@ -24,9 +24,11 @@ clip range follows a per-step schedule (small for the noisy first steps). A KL t
 k3 estimator on the stored chain's actions) keeps the policy near the frozen IL policy, and a
 value head on the scene tokens is regressed on the GAE returns.
 
-What trains: the diffusion planner (denoiser + mode classifier) and the value head. The scene
-encoders (vision, BEV, detection, map, semantic) stay frozen at their IL values, so the tokens a
-rollout stored are still the policy's tokens during the update, and the RWM is never trained.
+What trains (``ppo.trainable``): the diffusion planner (denoiser + mode classifier, "planner")
+or only its mode-classification head ("classifier": RL re-ranks the IL denoiser's modes; the
+chain's Gaussian terms then keep ratio 1), and the value head. The scene encoders (vision, BEV,
+detection, map, semantic) stay frozen at their IL values, so the tokens a rollout stored are
+still the policy's tokens during the update, and the RWM is never trained.
 """
 
 from __future__ import annotations
