@@ -239,6 +239,27 @@ def polygon_intersects_polygon(a, b):
     return cross | _inside_or_on(a[0], b) | _inside_or_on(b[0], a)
 
 
+def _segment_box_separated(rx, ry, dx, dy, c, s, hl, hw):
+    """Separating-axis test of segments and oriented rectangles: rx, ry the segment start
+    relative to the box centre, dx, dy the segment direction, c, s the box axis (unit), hl, hw
+    its half sizes (all broadcast) -> bool, True where a separating axis exists (the box's two
+    axes and the segment's normal); False = they intersect or touch."""
+    ua, va = rx * c + ry * s, ry * c - rx * s                  # segment start in the box frame
+    ud, vd = dx * c + dy * s, dy * c - dx * s                  # segment direction, box frame
+    ub, vb = ua + ud, va + vd
+    return ((jnp.minimum(ua, ub) > hl) | (jnp.maximum(ua, ub) < -hl) |
+            (jnp.minimum(va, vb) > hw) | (jnp.maximum(va, vb) < -hw) |
+            (jnp.abs(ud * va - vd * ua) > jnp.abs(vd) * hl + jnp.abs(ud) * hw))
+
+
+def _rect_corners(centre, c, s, hl, hw):
+    """The corners FL, RL, RR, FR of oriented rectangles as 4 (x, y) pairs of [...] arrays:
+    centre [...,2], c, s the unit length direction, hl, hw the half sizes."""
+    return [(centre[..., 0] + fu * hl * c - fv * hw * s,
+             centre[..., 1] + fu * hl * s + fv * hw * c)
+            for fu, fv in ((1, 1), (-1, 1), (-1, -1), (1, -1))]
+
+
 def box_intersects_polygon(centre, heading, half_length, half_width, edges):
     """shapely ``intersects`` of an oriented rectangle and a simple polygon (touching counts).
 
@@ -259,13 +280,8 @@ def box_axis_intersects_polygon(centre, axis, half_length, half_width, edges):
     c, s = axis[..., 0, None], axis[..., 1, None]
     hl, hw = jnp.asarray(half_length)[..., None], jnp.asarray(half_width)[..., None]
     ax, ay, dx, dy = edges[..., 0], edges[..., 1], edges[..., 3], edges[..., 4]
-    rx, ry = ax - centre[..., 0, None], ay - centre[..., 1, None]
-    ua, va = rx * c + ry * s, ry * c - rx * s                  # edge start in the box frame
-    ud, vd = dx * c + dy * s, dy * c - dx * s                  # edge direction in the box frame
-    ub, vb = ua + ud, va + vd
-    sep = ((jnp.minimum(ua, ub) > hl) | (jnp.maximum(ua, ub) < -hl) |
-           (jnp.minimum(va, vb) > hw) | (jnp.maximum(va, vb) < -hw) |
-           (jnp.abs(ud * va - vd * ua) > jnp.abs(vd) * hl + jnp.abs(ud) * hw))
+    sep = _segment_box_separated(ax - centre[..., 0, None], ay - centre[..., 1, None], dx, dy,
+                                 c, s, hl, hw)
     code, unit = crossing_code(centre[..., 0], centre[..., 1], edges)
     inside = (code % 2 == 1) | (code >= unit)
     return (~sep).any(-1) | inside
@@ -319,17 +335,9 @@ def segment_intersects_box(p0, p1, centre, axis, half):
     """shapely ``LineString([p0, p1]).intersects(box)`` for an oriented rectangle (touching
     counts): p0, p1, centre, axis (unit), half [...,2] -> bool [...]. Separating-axis test in
     the box frame on the box's two axes and the segment's normal."""
-    c, s = axis[..., 0], axis[..., 1]
-    hl, hw = half[..., 0], half[..., 1]
-    rx, ry = p0[..., 0] - centre[..., 0], p0[..., 1] - centre[..., 1]
-    dx, dy = p1[..., 0] - p0[..., 0], p1[..., 1] - p0[..., 1]
-    ua, va = rx * c + ry * s, ry * c - rx * s
-    ud, vd = dx * c + dy * s, dy * c - dx * s
-    ub, vb = ua + ud, va + vd
-    sep = ((jnp.minimum(ua, ub) > hl) | (jnp.maximum(ua, ub) < -hl) |
-           (jnp.minimum(va, vb) > hw) | (jnp.maximum(va, vb) < -hw) |
-           (jnp.abs(ud * va - vd * ua) > jnp.abs(vd) * hl + jnp.abs(ud) * hw))
-    return ~sep
+    return ~_segment_box_separated(p0[..., 0] - centre[..., 0], p0[..., 1] - centre[..., 1],
+                                   p1[..., 0] - p0[..., 0], p1[..., 1] - p0[..., 1],
+                                   axis[..., 0], axis[..., 1], half[..., 0], half[..., 1])
 
 
 def box_distance(a_centre, a_axis, a_half, b_centre, b_axis, b_half):
@@ -345,18 +353,10 @@ def box_distance(a_centre, a_axis, a_half, b_centre, b_axis, b_half):
     bc, bs = b_axis[..., 0], b_axis[..., 1]
     ahl, ahw, bhl, bhw = a_half[..., 0], a_half[..., 1], b_half[..., 0], b_half[..., 1]
     sep = ~boxes_intersect(a_centre, a_axis, a_half, b_centre, b_axis, b_half)
-
-    def corners(centre, c, s, hl, hw):
-        out = []
-        for fu, fv in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
-            out.append((centre[..., 0] + fu * hl * c - fv * hw * s,
-                        centre[..., 1] + fu * hl * s + fv * hw * c))
-        return out
-
     d = [_box_frame_distance(x, y, b_centre, bc, bs, bhl, bhw)
-         for x, y in corners(a_centre, ac, as_, ahl, ahw)]
+         for x, y in _rect_corners(a_centre, ac, as_, ahl, ahw)]
     d += [_box_frame_distance(x, y, a_centre, ac, as_, ahl, ahw)
-          for x, y in corners(b_centre, bc, bs, bhl, bhw)]
+          for x, y in _rect_corners(b_centre, bc, bs, bhl, bhw)]
     return jnp.where(sep, functools.reduce(jnp.minimum, d), 0.0)
 
 
@@ -373,10 +373,8 @@ def box_polygon_distance(centre, heading, half_length, half_width, poly, edges):
                                  s[..., None], half_length, half_width).min(-1)
     ax, ay, dx, dy, inv = (edges[..., i] for i in (0, 1, 3, 4, 5))
     best = to_box
-    for fu, fv in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
-        px = (centre[..., 0] + fu * half_length * c - fv * half_width * s)[..., None]
-        py = (centre[..., 1] + fu * half_length * s + fv * half_width * c)[..., None]
-        qx, qy = px - ax, py - ay
+    for px, py in _rect_corners(centre, c, s, half_length, half_width):
+        qx, qy = px[..., None] - ax, py[..., None] - ay
         t = jnp.clip((qx * dx + qy * dy) * inv, 0.0, 1.0)
         ex, ey = qx - t * dx, qy - t * dy
         best = jnp.minimum(best, jnp.sqrt((ex * ex + ey * ey).min(-1)))

@@ -139,14 +139,12 @@ def make_reward_fn(rwm_model: rwm_lib.RewardModel | None, rwm_params, use_scorer
       against the previous frame's expert plan, counted where the scene has a previous frame.
     Without it EC has weight 0 everywhere.
     """
-    def fn(scene, plans, tokens, ec=None):
-        n = plans.shape[0]
-        if closed_loop_ec and ec is not None:
-            loop_ec, loop_w = ec
+    def fn(scene, plans, tokens, ec):
+        loop_ec, loop_w = ec
+        if closed_loop_ec:
+            log_w = (1.0 - loop_w) * scene.has_previous.astype(jnp.float32)
         else:
-            loop_ec, loop_w = jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32)
-        log_w = (1.0 - loop_w) * scene.has_previous.astype(jnp.float32) if closed_loop_ec \
-            else jnp.zeros((n,), jnp.float32)
+            loop_w = log_w = jnp.zeros(plans.shape[:1], jnp.float32)
 
         def epdms(sub):
             # sub: SubScores [N] whose ec is the plan's EC against the log's previous frame
@@ -212,8 +210,7 @@ def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
                            mb.adv[:, None]], -1)
     clip = adv_lib.clip_schedule(s, cfg.clip_first, cfg.clip_last, cfg.clip_rate)
     # The mode choice is one categorical action with its own clip range (config.ppo.clip_mode).
-    clip = jnp.concatenate([clip, jnp.full((1,), cfg.get("clip_mode", cfg.clip_last),
-                                           clip.dtype)])
+    clip = jnp.concatenate([clip, jnp.full((1,), cfg.clip_mode, clip.dtype)])
     obj, was_clipped = clipped_objective(logp, mb.old_logp, adv, clip)
     pg_loss = -jnp.mean(obj)
     d = mb.il_logp - logp
@@ -306,7 +303,7 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
 
             def minibatch(st2, mb):
                 (_, m), grads = grad_fn(st2.params, model, value_head, frozen["policy"], mb, cfg)
-                grads = mask_gradients(grads, cfg.get("trainable", "planner"))
+                grads = mask_gradients(grads, cfg.trainable)
                 m["grad_norm"] = optax.tree.norm(grads)
                 return st2.apply_gradients(grads), m
 
@@ -470,8 +467,7 @@ def run(config, workdir: str) -> dict:
     state = init_state(config, il_vars, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                                      tokens), k_init)
     use_scorer = cfg.reward == "scorer" or bool(cfg.log_scorer)
-    reward_fn = make_reward_fn(rwm_model, rwm_params, use_scorer,
-                               bool(config.ppo.get("closed_loop_ec", True)))
+    reward_fn = make_reward_fn(rwm_model, rwm_params, use_scorer, bool(cfg.closed_loop_ec))
     update = jit_update(make_update(config, model, reward_fn), mesh)
     frozen = parallel.replicate({"policy": il_vars}, mesh)
     state = parallel.replicate(state, mesh)
