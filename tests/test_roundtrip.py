@@ -17,6 +17,8 @@ import shapely
 from irlvla_jax import types
 from irlvla_jax.data.navsim_reader import SceneReader
 from irlvla_jax.data.synthetic import generate, log_writer, world
+from irlvla_jax.data.synthetic.road import LANE_WIDTH, build_map
+from irlvla_jax.data.synthetic.road_users import EGO_FRONT, EGO_REAR
 
 SPLIT = "synthetic_val"
 SEED = 5
@@ -30,7 +32,7 @@ SIZES = types.SceneSizes(
     max_polygons=256, max_polygon_vertices=160, max_red_lights=128)
 POS_TOL, ANG_TOL = 5e-3, 1e-4            # metres, radians (float32 over < 200 m)
 # The ego box centre is this far ahead of the rear axle (NAVSIM's rear-axle-to-centre).
-REAR_TO_CENTRE = (world.EGO_FRONT - world.EGO_REAR) / 2
+REAR_TO_CENTRE = (EGO_FRONT - EGO_REAR) / 2
 
 
 def _wrap(a):
@@ -58,7 +60,7 @@ def data(tmp_path_factory):
     reader = SceneReader(base / "root", base / "maps", SIZES)
     scenes = list(reader.iter_split(SPLIT))
     logs = {e["log_name"]: e["truth"] for e in out["logs"][SPLIT]}
-    roads = {loc: world.build_map(loc, cfg.seed) for loc in {t.location for t in logs.values()}}
+    roads = {loc: build_map(loc, cfg.seed) for loc in {t.location for t in logs.values()}}
     frame_of = {log_writer.token(SPLIT, name, i, "lidar_pc"): i
                 for name, t in logs.items() for i in range(len(t.ego_pose))}
     return dict(scenes=scenes, logs=logs, roads=roads, frame_of=frame_of, root=base)
@@ -140,7 +142,7 @@ def test_route_and_corrected_route(data):
         cl = scene["centerline"][scene["centerline_valid"]]
         assert np.hypot(*cl[:, :2].T).min() < 2.5
         for x, y, _ in scene["expert_future"]:
-            assert np.hypot(cl[:, 0] - x, cl[:, 1] - y).min() < world.LANE_WIDTH + 0.5
+            assert np.hypot(cl[:, 0] - x, cl[:, 1] - y).min() < LANE_WIDTH + 0.5
 
 
 def _vertex_distance(a, b):
@@ -226,7 +228,7 @@ def lead_pair(data, tmp_path_factory):
     up to it is cleared of other objects in both. Returns (scene with, scene without, row of
     the lead in the first)."""
     base = data["root"]
-    road = world.build_map("us-ma-boston", SEED)      # written to maps_root by generate
+    road = build_map("us-ma-boston", SEED)      # written to maps_root by generate
     truth, frames = world.simulate_log(road, 123, FRAMES)
     cur = types.NUM_HISTORY - 1
     x, y, yaw = truth.ego_pose[cur]

@@ -11,6 +11,10 @@ import pytest
 import shapely
 
 from irlvla_jax.data.synthetic import generate, map_writer, world
+from irlvla_jax.data.synthetic.road import MAP_LOCATIONS, build_map
+from irlvla_jax.data.synthetic.road_users import EGO_FRONT, EGO_REAR, EGO_WIDTH
+from irlvla_jax.data.synthetic.signals import Signals
+from irlvla_jax.data.synthetic.traffic import DT, TrafficSim
 from irlvla_jax.types import CAMERA_NAMES, SceneSizes
 
 FRAMES = 15
@@ -72,10 +76,10 @@ def layers(out, log):
 def _footprint(x, y, yaw):
     """Pacifica footprint polygon from the rear-axle pose."""
     c, s = math.cos(yaw), math.sin(yaw)
-    pts = [(f, w) for f, w in ((world.EGO_FRONT, world.EGO_WIDTH / 2),
-                               (-world.EGO_REAR, world.EGO_WIDTH / 2),
-                               (-world.EGO_REAR, -world.EGO_WIDTH / 2),
-                               (world.EGO_FRONT, -world.EGO_WIDTH / 2))]
+    pts = [(f, w) for f, w in ((EGO_FRONT, EGO_WIDTH / 2),
+                               (-EGO_REAR, EGO_WIDTH / 2),
+                               (-EGO_REAR, -EGO_WIDTH / 2),
+                               (EGO_FRONT, -EGO_WIDTH / 2))]
     return shapely.Polygon([(x + c * f - s * w, y + s * f + c * w) for f, w in pts])
 
 
@@ -91,7 +95,7 @@ def test_files_exist_for_every_frame_and_location(out, log):
     entry, frames = log
     root, maps_root = out["root"], out["maps_root"]
     assert (maps_root / "nuplan-maps-v1.0.json").is_file()
-    for loc, (_, _, version) in world.MAP_LOCATIONS.items():
+    for loc, (_, _, version) in MAP_LOCATIONS.items():
         assert (maps_root / loc / version / "map.gpkg").is_file(), loc
     assert len(frames) == FRAMES
     for fr in frames:
@@ -234,7 +238,7 @@ def test_ego_stays_on_drivable_area_and_never_collides(log, layers):
 @pytest.fixture(scope="module")
 def long_log():
     """One minute of driving, no sensors: enough for turns and red lights."""
-    road = world.build_map("us-ma-boston", 0)
+    road = build_map("us-ma-boston", 0)
     return road, world.simulate_log(road, 6, 120)[0]
 
 
@@ -280,7 +284,7 @@ def test_driving_command_follows_the_turns(long_log):
 @pytest.fixture(scope="module")
 def flow_logs():
     """One 20 s log per location, no sensors."""
-    roads = {loc: world.build_map(loc, 0) for loc in sorted(world.MAP_LOCATIONS)}
+    roads = {loc: build_map(loc, 0) for loc in sorted(MAP_LOCATIONS)}
     return [(roads[loc], world.simulate_log(roads[loc], seed, 40)[0])
             for seed, loc in enumerate(sorted(roads))]
 
@@ -288,7 +292,7 @@ def flow_logs():
 def test_expert_mostly_drives_at_urban_speeds(flow_logs):
     """Signals serve opposite approaches together and skip phases nobody waits for, so the
     expert is stopped only some of the time and reaches urban speeds when free."""
-    speeds = [np.hypot(*np.diff(t.ego_trace_10hz[:, :2], axis=0).T) / world.DT
+    speeds = [np.hypot(*np.diff(t.ego_trace_10hz[:, :2], axis=0).T) / DT
               for _, t in flow_logs]
     v = np.concatenate(speeds)
     assert v.mean() > 5.0, v.mean()
@@ -298,9 +302,9 @@ def test_expert_mostly_drives_at_urban_speeds(flow_logs):
 
 
 def test_signal_phases_never_release_conflicting_movements():
-    for loc in sorted(world.MAP_LOCATIONS):
-        road = world.build_map(loc, 0)
-        signals = world.Signals(road, np.random.default_rng(0))
+    for loc in sorted(MAP_LOCATIONS):
+        road = build_map(loc, 0)
+        signals = Signals(road, np.random.default_rng(0))
         for node, phases in signals.phases.items():
             conns = [c for c in road.connectors() if c.node == node]
             # every movement has exactly one phase
@@ -317,8 +321,8 @@ def test_signal_phases_never_release_conflicting_movements():
 def test_no_two_road_users_overlap():
     """Car following covers lanes, signals cover junctions, and merges (two lanes into one at
     a corner) are taken in turn: no two vehicles ever overlap."""
-    road = world.build_map("us-ma-boston", 0)
-    sim = world.TrafficSim(road, np.random.default_rng([0, 11]))
+    road = build_map("us-ma-boston", 0)
+    sim = TrafficSim(road, np.random.default_rng([0, 11]))
     n = len(sim.vehicles)
     for k in range(300):
         sim.step()

@@ -3,9 +3,11 @@
     from irlvla_jax.data.synthetic import generate
     truth = generate(config.data.synthetic, sizes, root, maps_root, {"synthetic_train": 6})
 
-``world`` builds the road networks and simulates traffic and the expert ego, ``map_writer``
-writes the nuPlan ``map.gpkg`` files, ``log_writer`` the log pickles and sensor blobs, ``rig``
-holds the camera/LiDAR extrinsics. The real NAVSIM reader reads the result unchanged.
+``road`` builds the road networks; ``signals``, ``road_users`` and ``traffic`` simulate the
+junctions' signals, the traffic and the expert ego; ``world`` samples one log from them;
+``map_writer`` writes the nuPlan ``map.gpkg`` files, ``log_writer`` the log pickles and sensor
+blobs; ``rig`` holds the camera/LiDAR extrinsics. The real NAVSIM reader reads the result
+unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Mapping, Optional
 from tqdm import tqdm
 
 from irlvla_jax.data.synthetic import log_writer, map_writer, world
+from irlvla_jax.data.synthetic.road import MAP_LOCATIONS, build_map
 
 #: Each split's logs cycle through the locations in this order (Las Vegas is the big map).
 LOG_LOCATIONS = ("us-nv-las-vegas-strip", "us-ma-boston", "us-pa-pittsburgh-hazelwood",
@@ -84,7 +87,7 @@ def generate(config_synthetic: Mapping[str, Any], sizes: Any, root: Path, maps_r
         raise ValueError(f"config.data.synthetic.image_wh={image_wh} must be (W, H) >= 8 px")
     root, maps_root = Path(root), Path(maps_root)
 
-    maps = {loc: world.build_map(loc, seed) for loc in world.MAP_LOCATIONS}
+    maps = {loc: build_map(loc, seed) for loc in MAP_LOCATIONS}
     if write_maps:
         map_writer.write_versions_json(maps_root)
         for m in maps.values():

@@ -17,7 +17,8 @@ import shapely
 
 from irlvla_jax.data import render
 from irlvla_jax.data.synthetic import rig
-from irlvla_jax.data.synthetic.world import LOG_MAP_NAME, LogTruth, RoadMap
+from irlvla_jax.data.synthetic.road import LOG_MAP_NAME, RoadMap
+from irlvla_jax.data.synthetic.world import LogTruth
 
 #: Ground and box colours of the rendered world.
 _GROUND = {"road": (72, 72, 76), "intersection": (78, 78, 80), "carpark": (96, 92, 88),

@@ -1,4 +1,4 @@
-"""Write a :class:`~irlvla_jax.data.synthetic.world.RoadMap` as a nuPlan ``map.gpkg``.
+"""Write a :class:`~irlvla_jax.data.synthetic.road.RoadMap` as a nuPlan ``map.gpkg``.
 
 Layout and columns follow spec/NAVSIM_FORMAT.md (Map 1-5): ``{maps_root}/{location}/{version}/
 map.gpkg`` plus ``{maps_root}/nuplan-maps-v1.0.json``. Like the real files, the vector layers are
@@ -19,7 +19,8 @@ import pandas as pd
 import pyogrio
 from shapely.geometry import LineString, Point
 
-from irlvla_jax.data.synthetic.world import LANE_WIDTH, MAP_LOCATIONS, RoadMap, _offset
+from irlvla_jax.data.synthetic.polyline import offset_polyline
+from irlvla_jax.data.synthetic.road import LANE_WIDTH, MAP_LOCATIONS, RoadMap
 
 MAP_VERSION = "nuplan-maps-v1.0"
 NAN = float("nan")
@@ -57,9 +58,9 @@ def _layers(road: RoadMap) -> dict[str, tuple[list[dict], str]]:
     for c in conns:
         lb, rb = next(ids), next(ids)
         boundaries += [dict(fid=lb, boundary_type_fid=3,
-                            geometry=LineString(_offset(c.xy, LANE_WIDTH / 2))),
+                            geometry=LineString(offset_polyline(c.xy, LANE_WIDTH / 2))),
                        dict(fid=rb, boundary_type_fid=3,
-                            geometry=LineString(_offset(c.xy, -LANE_WIDTH / 2)))]
+                            geometry=LineString(offset_polyline(c.xy, -LANE_WIDTH / 2)))]
         gen_polys.append(dict(fid=next(ids), lane_connector_fid=c.fid, left_boundary_fid=lb,
                               right_boundary_fid=rb, geometry=c.polygon))
         stop = el[c.exit_lane].stop_line
