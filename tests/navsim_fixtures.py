@@ -23,7 +23,7 @@ import pyogrio
 from PIL import Image
 from shapely.geometry import LineString, Polygon
 
-from irlvla_jax.data.render import write_pcd
+from irlvla_jax.data.sensor_io import write_pcd
 
 CRS = "EPSG:32611"
 LOCATION = "us-nv-las-vegas-strip"
@@ -187,4 +187,63 @@ def write_log(navsim_root: Path, folder: str, log_name: str, frames=None, sensor
                 p = blobs / c["data_path"]
                 p.parent.mkdir(parents=True, exist_ok=True)
                 img.save(p)
+    return frames
+
+
+def write_two_stage(navsim_root: Path, folder: str = "navhard_two_stage", log_name: str = "log_a",
+                    n: int = 14) -> list[dict]:
+    """A two-stage split folder: stage 1 = one log of ``n`` frames (``openscene_meta_datas/``);
+    stage 2 (``synthetic_scene_pickles/``) = ``s2_full.pkl`` (4 + 8 frames from frame 2, no
+    extension), ``s2_short.pkl`` (4 + 2 frames from frame 4, then extended lights/detections:
+    a cyclist "bike" 15 m ahead in the first extended step) and ``s9_broken.pkl`` (no
+    ``scene_metadata``). Stage-2 tokens are the stage-1 ones with ``_s2``. Returns the log."""
+    root = Path(navsim_root)
+    frames = write_log(root, folder, log_name, make_frames(log_name, n=n))
+    split = root / folder
+    split.mkdir(parents=True, exist_ok=True)
+    (root / "navsim_logs" / folder).rename(split / "openscene_meta_datas")
+    (root / "sensor_blobs" / folder).rename(split / "sensor_blobs")
+    for d in (root / "navsim_logs", root / "sensor_blobs"):
+        if not any(d.iterdir()):
+            d.rmdir()
+
+    def synthetic_frame(fr):
+        pose = [*fr["ego2global_translation"][:2], 2 * math.atan2(fr["ego2global_rotation"][3],
+                                                                   fr["ego2global_rotation"][0])]
+        a = fr["anns"]
+        return dict(token=f"{fr['token']}_s2", timestamp=fr["timestamp"],
+                    roadblock_ids=fr["roadblock_ids"], traffic_lights=fr["traffic_lights"],
+                    annotations=dict(boxes=a["gt_boxes"], names=a["gt_names"],
+                                     velocity_3d=a["gt_velocity_3d"],
+                                     instance_tokens=a["instance_tokens"],
+                                     track_tokens=a["track_tokens"]),
+                    ego_status=dict(ego_pose=np.array(pose),
+                                    ego_velocity=np.array(fr["ego_dynamic_state"][:2]),
+                                    ego_acceleration=np.array(fr["ego_dynamic_state"][2:]),
+                                    driving_command=fr["driving_command"], in_global_frame=True),
+                    lidar_path=fr["lidar_path"], lidar2ego=fr["lidar2ego"],
+                    camera_dict={k.lower(): v for k, v in fr["cams"].items()})
+
+    def scene(first, count, **extra):
+        sub = frames[first:first + count]
+        return dict(scene_metadata=dict(
+            log_name=log_name, scene_token=f"{sub[3]['token']}_s2", map_name="las_vegas",
+            initial_token=sub[0]["token"], num_history_frames=4, num_future_frames=count - 4,
+            corresponding_original_scene=sub[3]["token"],
+            corresponding_original_initial_token=sub[0]["token"]),
+            frames=[synthetic_frame(f) for f in sub], **extra)
+
+    pickles = split / "synthetic_scene_pickles"
+    pickles.mkdir()
+    bike = dict(boxes=np.array([[15.0, 0.0, 0.8, 1.8, 0.6, 1.5, 0.0]]), names=["bicycle"],
+                velocity_3d=np.zeros((1, 3)), track_tokens=["bike"])
+    content = {
+        "s2_full": scene(2, 12),
+        "s2_short": scene(4, 6, extended_traffic_light_data=[[(32, True)], [(32, False)]],
+                          extended_detections_tracks=[bike, dict(bike, track_tokens=["bike2"])]),
+        "s9_broken": dict(frames=[]),
+    }
+    for name, d in content.items():
+        with open(pickles / f"{name}.pkl", "wb") as f:
+            pickle.dump(d, f)
     return frames

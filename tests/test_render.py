@@ -1,10 +1,9 @@
-"""Camera geometry, LiDAR ranges and the sensor file formats of irlvla_jax.data.render."""
+"""Camera geometry and LiDAR ranges of irlvla_jax.data.render."""
 
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from irlvla_jax.data import render
 
@@ -200,51 +199,3 @@ def test_lidar_lane_markings_are_bright():
     near = (pts[0] > 4) & (pts[0] < 19) & (np.abs(pts[1]) > 0.6) & (np.abs(pts[1]) < 2)
     assert inside.sum() > 5 and near.sum() > 5
     assert pts[3, inside].min() > 2 * pts[3, near].max()
-
-
-# ----------------------------------------------------------------------------------------------
-def test_pcd_round_trip(tmp_path, box_world):
-    pts = render.lidar_scan(box_world, lidar_pose(), 500, 0)
-    path = tmp_path / "MergedPointCloud" / "a.pcd"
-    render.write_pcd(path, pts)
-    raw = path.read_bytes()
-    head = raw[: raw.index(b"DATA binary\n") + 12].decode()
-    assert "FIELDS x y z intensity ring lidar_info" in head
-    assert "SIZE 4 4 4 4 4 4" in head and "TYPE F F F F F F" in head and "POINTS 500" in head
-    assert len(raw) - len(head) == 500 * 24
-    back = render.read_pcd(path)
-    assert back.dtype == np.float32
-    np.testing.assert_array_equal(back, pts)
-    # Zero padding after the points (as in real nuPlan files) is tolerated.
-    path.write_bytes(raw + b"\0" * 64)
-    np.testing.assert_array_equal(render.read_pcd(path), pts)
-
-
-def test_truncated_or_malformed_pcd_raises_naming_the_file(tmp_path):
-    pts = np.arange(60, dtype=np.float32).reshape(6, 10)
-    path = tmp_path / "t.pcd"
-    render.write_pcd(path, pts)
-    raw = path.read_bytes()
-    path.write_bytes(raw[:-5])
-    with pytest.raises(ValueError, match=r"t\.pcd.*truncated"):
-        render.read_pcd(path)
-    path.write_bytes(raw[:40])
-    with pytest.raises(ValueError, match=r"t\.pcd"):
-        render.read_pcd(path)
-    path.write_bytes(raw.replace(b"DATA binary", b"DATA ascii"))
-    with pytest.raises(ValueError, match=r"t\.pcd.*binary"):
-        render.read_pcd(path)
-    path.write_bytes(raw.replace(b" lidar_info", b" other"))
-    with pytest.raises(ValueError, match=r"t\.pcd.*lidar_info"):
-        render.read_pcd(path)
-
-
-def test_write_jpeg(tmp_path):
-    img = render.render_camera(render.RenderWorld(), forward_camera(), K, WH)
-    path = tmp_path / "CAM_F0" / "x.jpg"
-    render.write_jpeg(path, img)
-    back = np.asarray(Image.open(path))
-    assert back.shape == img.shape
-    assert np.abs(back.astype(int) - img).mean() < 3
-    with pytest.raises(ValueError, match="uint8"):
-        render.write_jpeg(path, img.astype(np.float32))

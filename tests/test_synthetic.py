@@ -106,7 +106,7 @@ def test_files_exist_for_every_frame_and_location(out, log):
         pcd = root / "sensor_blobs" / SPLIT / fr["lidar_path"]
         assert pcd.is_file() and fr["lidar_path"].startswith(
             f"{fr['log_name']}/MergedPointCloud/")
-    from irlvla_jax.data.render import read_pcd
+    from irlvla_jax.data.sensor_io import read_pcd
     pts = read_pcd(root / "sensor_blobs" / SPLIT / frames[0]["lidar_path"])
     assert pts.shape == (6, 300) and pts.dtype == np.float32
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from data.navsim_tfds import random_scene
 from irlvla_jax import types
-from irlvla_jax.data import loader, prepare
+from irlvla_jax.data import dataset_id, loader, prepare
 
 TINY_SIZES = dict(num_future=10, cameras=("CAM_F0", "CAM_B0"), image_hw=(8, 16),
                   lidar_bev_hw=(8, 8), bev_hw=(8, 8), max_agents=4, max_polygons=6,
@@ -44,20 +45,19 @@ def test_build_is_tensorflow_free_and_summarised(built):
         assert summary["splits"][split]["bytes"] > 0
     assert summary["bytes"] > 0
     assert summary["skipped"]["total"] == 0
-    report = json.loads((prepare.dataset_path(config) / prepare.SKIP_REPORT).read_text())
+    report = json.loads((dataset_id.dataset_path(config) / prepare.SKIP_REPORT).read_text())
     assert report["total"] == 0
 
 
 def test_every_feature_reads_back_exactly(built):
     config, _ = built
     sizes = types.SceneSizes.from_config(config.data.sizes)
-    nt = prepare._builder_module()
     split = config.data.eval_split
     scenes, metas = loader.load_split_numpy(config, split)
     types.check_scene(scenes, sizes, where="read back", batch=(16,))
     assert sorted(int(m.token, 16) for m in metas) == list(range(16))
     for row, meta in enumerate(metas):
-        want, want_meta = nt.random_scene(sizes, split, int(meta.token, 16))
+        want, want_meta = random_scene(sizes, split, int(meta.token, 16))
         for name, (shape, dtype) in types.scene_spec(sizes).items():
             got = getattr(scenes, name)[row]
             assert got.shape == shape and got.dtype == dtype, name
@@ -72,7 +72,7 @@ def test_every_feature_reads_back_exactly(built):
 def test_stored_features_match_the_scene_contract(built):
     import tensorflow_datasets as tfds
     config, _ = built
-    info = tfds.builder_from_directory(str(prepare.dataset_path(config))).info
+    info = tfds.builder_from_directory(str(dataset_id.dataset_path(config))).info
     sizes = types.SceneSizes.from_config(config.data.sizes)
     for name, (shape, dtype) in types.scene_spec(sizes).items():
         assert tuple(info.features[name].shape) == shape, name
@@ -87,7 +87,7 @@ def test_second_prepare_reuses_and_new_sizes_rebuild(built):
 
     changed = small_config(config.data.dir, n=9)
     changed.data.sizes.max_agents = 5
-    assert prepare.tfds_config_name(changed) != prepare.tfds_config_name(config)
+    assert dataset_id.tfds_config_name(changed) != dataset_id.tfds_config_name(config)
     rebuilt = prepare.prepare_data(changed)
     assert not rebuilt["reused"] and rebuilt["dataset_dir"] != first["dataset_dir"]
     assert rebuilt["splits"][changed.data.train_split]["scenes"] == 9
@@ -98,13 +98,13 @@ def test_second_prepare_reuses_and_new_sizes_rebuild(built):
 def test_unbuilt_config_and_unknown_split_say_what_to_do(built, tmp_path):
     config, _ = built
     with pytest.raises(FileNotFoundError, match="launch.py data"):
-        prepare.dataset_path(small_config(tmp_path))
+        dataset_id.dataset_path(small_config(tmp_path))
     with pytest.raises(ValueError, match="'navtrain' is not in the dataset"):
         loader.load_split_numpy(config, "navtrain")
     bad = small_config(tmp_path)
     bad.data.source = "nuscenes"
     with pytest.raises(ValueError, match="config.data.source"):
-        prepare.tfds_config_name(bad)
+        dataset_id.tfds_config_name(bad)
 
 
 class _FakeReader:
@@ -119,9 +119,8 @@ class _FakeReader:
 
     def iter_split(self, split):
         from irlvla_jax.data.errors import BadInputError
-        nt = prepare._builder_module()
         for i in range(self.scenes_per_split):
-            scene, meta = nt.random_scene(self.sizes, split, i)
+            scene, meta = random_scene(self.sizes, split, i)
             if self.broken_field:
                 scene[self.broken_field] = scene[self.broken_field][..., :1]
             yield scene, meta
@@ -152,7 +151,7 @@ def test_reader_build_writes_and_summarises_the_skip_report(fake_reader, tmp_pat
     assert summary["splits"][config.data.train_split]["scenes"] == 3
     assert summary["skipped"]["total"] == 2 and summary["skipped"]["counts"] == {
         "corrupt_pickle": 2}
-    on_disk = json.loads((prepare.dataset_path(config) / prepare.SKIP_REPORT).read_text())
+    on_disk = json.loads((dataset_id.dataset_path(config) / prepare.SKIP_REPORT).read_text())
     assert on_disk == summary["skipped"]
     assert "skipped 2 bad inputs" in capsys.readouterr().out
     assert prepare.prepare_data(config)["skipped"]["total"] == 2    # reused build keeps it

@@ -1,6 +1,5 @@
 """The NAVSIM scene dataset as TFDS ArrayRecord (built without TensorFlow)."""
 
-from data.navsim_tfds.navsim_tfds import (Builder, NavsimConfig, default_configs, features,
-                                         random_scene)
+from data.navsim_tfds.navsim_tfds import Builder, NavsimConfig, features, random_scene
 
-__all__ = ["Builder", "NavsimConfig", "default_configs", "features", "random_scene"]
+__all__ = ["Builder", "NavsimConfig", "features", "random_scene"]

@@ -5,8 +5,11 @@ feature (exact shape and dtype) plus the host metadata strings of :class:`types.
 No TensorFlow is needed to build or read it (see ``irlvla_jax/data/prepare.py``).
 
 The sizes come from the run config, so the config is a :class:`NavsimConfig` made from it
-(``NavsimConfig.from_run_config(config)``); its name hashes everything that changes the examples.
-Build and read through ``irlvla_jax.data.prepare.prepare_data`` / ``irlvla_jax.data.loader``.
+(``NavsimConfig.from_run_config(config)``); its name hashes everything that changes the examples
+(``irlvla_jax/data/dataset_id.py``). There are no predefined ``BUILDER_CONFIGS``: TFDS refuses a
+run-made config named like a predefined one, and a predefined config would pin the roots of the
+machine that imported it. Build and read through ``irlvla_jax.data.prepare.prepare_data`` /
+``irlvla_jax.data.loader``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from irlvla_jax import types
-from irlvla_jax.data import prepare
+from irlvla_jax.data import dataset_id
 
 # Large fields are mostly padding (masks, rasters, empty polygon slots): zlib shrinks them a lot
 # and decodes at memory speed. Small ones are stored raw (zlib framing would cost more).
@@ -57,31 +60,18 @@ class NavsimConfig(tfds.core.BuilderConfig):
     @classmethod
     def from_run_config(cls, config) -> "NavsimConfig":
         """From a run config (``configs/*.py``); the name changes whenever the examples would."""
-        navsim_root, maps_root = prepare.source_roots(config)
+        navsim_root, maps_root = dataset_id.source_roots(config)
         return cls(
-            name=prepare.tfds_config_name(config),
-            description=f"{config.data.source} scenes, splits {list(prepare.splits(config))}",
+            name=dataset_id.tfds_config_name(config),
+            description=f"{config.data.source} scenes, splits {list(dataset_id.splits(config))}",
             sizes=types.SceneSizes.from_config(config.data.sizes),
             source=config.data.source,
             navsim_root=navsim_root,
             maps_root=maps_root,
-            splits=prepare.splits(config),
+            splits=dataset_id.splits(config),
             skip_bad=bool(config.data.skip_bad),
             random_scenes=int(config.data.random_scenes),
         )
-
-
-def default_configs() -> list[NavsimConfig]:
-    """The synthetic default (configs/tiny.py) and, when its roots are set, real NAVSIM
-    (configs/navsim.py). Not ``BUILDER_CONFIGS``: TFDS refuses a run-made config named like a
-    predefined one, and a predefined config would pin the roots of the machine that imported it.
-    """
-    from configs import navsim, tiny
-    out = [NavsimConfig.from_run_config(tiny.get_config())]
-    nav = navsim.get_config()
-    if nav.data.navsim_root and nav.data.maps_root:
-        out.append(NavsimConfig.from_run_config(nav))
-    return out
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):

@@ -25,12 +25,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from irlvla_jax import parallel, types
-from irlvla_jax.data import prepare
+from irlvla_jax.data import dataset_id
 
 
 def open_source(config, split: str):
     """The split's random-access TFDS ArrayRecord data source (``len``, ``[i]``); no TF."""
-    path = prepare.dataset_path(config)
+    path = dataset_id.dataset_path(config)
     builder = tfds.builder_from_directory(str(path))
     if split not in builder.info.splits:
         raise ValueError(f"split {split!r} is not in the dataset at {path}; it has "

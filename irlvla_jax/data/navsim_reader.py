@@ -15,8 +15,10 @@ logs and stage 2 from ``navhard_two_stage/synthetic_scene_pickles`` (one scene a
 navhard splits are token subsets (NAVSIM's scene-filter yaml): pass ``token_lists={split: file}``
 (a text file with one token a line, a JSON list, or a YAML/JSON mapping with a ``tokens`` list).
 
-Everything is expressed in the t = 0 rear-axle frame (see ``irlvla_jax.types``); the route
-pipeline (correction, drivable map, starting lane, Dijkstra centreline) is ``data.route``.
+Log pickles are parsed into frames by ``navsim_logs.py``, stage-2 scene pickles by
+``navhard.py``; this module cuts windows and builds the scenes. Everything is expressed in the
+t = 0 rear-axle frame (see ``irlvla_jax.types``); the route pipeline (correction, drivable map,
+starting lane, Dijkstra centreline) is ``data.route``.
 Cut and simplified entities are counted in the meta; bad input raises
 :class:`~irlvla_jax.data.errors.BadInputError` (or is skipped and counted with ``skip_bad``).
 """
@@ -26,9 +28,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pickle
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping
 
 import numpy as np
 import shapely
@@ -36,14 +37,13 @@ from PIL import Image
 from shapely.geometry import LineString, Point
 
 from irlvla_jax import types
-from irlvla_jax.data import labels, route
+from irlvla_jax.data import labels, navhard, route
 from irlvla_jax.data.errors import BadInputError, SkipReport
 from irlvla_jax.data.maps import CROSSWALK, WALKWAYS, MapAPI
-from irlvla_jax.data.render import read_pcd
+from irlvla_jax.data.navsim_logs import (CUR, FRAME_DT_US, NUM_HISTORY, Frame, finite_array,
+                                         read_log)
+from irlvla_jax.data.sensor_io import read_pcd
 
-NUM_HISTORY = types.NUM_HISTORY
-CUR = NUM_HISTORY - 1              # index of the current frame inside a window
-FRAME_DT_US = 500_000
 DT_TOLERANCE_US = 100_000          # consecutive frames: 0.4 .. 0.6 s apart
 PREVIOUS_MAX_US = 550_000          # EC: the previous frame must be < 0.55 s earlier
 
@@ -79,140 +79,6 @@ class NavsimSceneMeta(types.SceneMeta):
     truncated: dict[str, int] = dataclasses.field(default_factory=dict)
     simplified_polygons: int = 0
     corrected_route: list[str] = dataclasses.field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------------------------
-# One frame, normalised from either a log-pickle frame or a synthetic-scene frame.
-
-@dataclasses.dataclass
-class _Frame:
-    token: str
-    timestamp: int                 # microseconds
-    pose: np.ndarray               # (3,) global rear axle x, y, yaw
-    velocity: np.ndarray           # (2,) body frame
-    acceleration: np.ndarray       # (2,) body frame
-    command: np.ndarray            # (4,) one-hot
-    route: list[str]
-    lights: list[tuple[str, bool]]
-    boxes: np.ndarray              # (N, 7) ego frame x, y, z, l, w, h, yaw
-    names: list[str]
-    box_velocity: np.ndarray       # (N, 2) ego frame
-    tracks: list[str]
-    map_location: str
-    lidar_path: str | None
-    lidar2ego: np.ndarray          # (4, 4)
-    cams: dict[str, dict]
-    sample_next: str | None = None
-
-
-def yaw_of(q: Sequence[float]) -> float:
-    """Yaw of a [w, x, y, z] quaternion (pyquaternion's yaw_pitch_roll[0])."""
-    w, x, y, z = (float(v) for v in q)
-    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
-
-
-def _quat_matrix(q: Sequence[float]) -> np.ndarray:
-    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
-_LOG_KEYS = ("token", "timestamp", "map_location", "roadblock_ids", "ego2global_translation",
-             "ego2global_rotation", "ego_dynamic_state", "traffic_lights", "driving_command",
-             "cams", "lidar_path")
-
-
-def _arr(v, shape, path, field) -> np.ndarray:
-    try:
-        a = np.asarray(v, np.float64)
-    except (TypeError, ValueError):
-        a = None
-    if a is None or a.shape[-len(shape):] != shape or (a.size and not np.isfinite(a).all()):
-        raise BadInputError(path, "bad_frame", f"field {field!r} should be a finite array of shape "
-                            f"{shape}, got {getattr(a, 'shape', type(v).__name__)}",
-                            "the log pickle does not follow the NAVSIM format")
-    return a
-
-
-def _parse_log_frame(d: Any, path: Path, i: int) -> _Frame:
-    where = f"{path} frame {i}"
-    if not isinstance(d, dict):
-        raise BadInputError(path, "bad_frame", f"frame {i} is a {type(d).__name__}, not a dict",
-                            "the log pickle does not follow the NAVSIM format")
-    missing = [k for k in _LOG_KEYS if k not in d]
-    if missing:
-        raise BadInputError(path, "missing_keys", f"frame {i} lacks keys {missing}",
-                            "regenerate the log with the OpenScene/NAVSIM tools")
-    t = _arr(d["ego2global_translation"], (3,), where, "ego2global_translation")
-    q = _arr(d["ego2global_rotation"], (4,), where, "ego2global_rotation")
-    dyn = _arr(d["ego_dynamic_state"], (4,), where, "ego_dynamic_state")
-    if "lidar2ego" in d:
-        l2e = _arr(d["lidar2ego"], (4, 4), where, "lidar2ego")
-    else:
-        l2e = np.eye(4)
-        l2e[:3, :3] = _quat_matrix(_arr(d.get("lidar2ego_rotation", [1, 0, 0, 0]), (4,), where,
-                                        "lidar2ego_rotation"))
-        l2e[:3, 3] = _arr(d.get("lidar2ego_translation", [0, 0, 0]), (3,), where,
-                          "lidar2ego_translation")
-    anns = d.get("anns") or {}   # absent in the private test split: no agents
-    boxes = _arr(anns.get("gt_boxes", np.zeros((0, 7))), (7,), where, "anns.gt_boxes").reshape(-1, 7)
-    n = len(boxes)
-    vel = _arr(anns.get("gt_velocity_3d", np.zeros((n, 3))), (3,), where,
-               "anns.gt_velocity_3d").reshape(-1, 3)
-    names = [str(x) for x in anns.get("gt_names", [])]
-    tracks = [str(x) for x in anns.get("track_tokens", [])]
-    if not (len(vel) == len(names) == len(tracks) == n):
-        raise BadInputError(path, "bad_frame", f"frame {i}: anns fields have different lengths "
-                            f"(boxes {n}, velocities {len(vel)}, names {len(names)}, tracks "
-                            f"{len(tracks)})", "the log pickle is inconsistent")
-    cams = {str(k).upper(): v for k, v in (d["cams"] or {}).items()}
-    return _Frame(str(d["token"]), int(d["timestamp"]), np.array([t[0], t[1], yaw_of(q)]),
-                  dyn[:2], dyn[2:], _arr(d["driving_command"], (4,), where, "driving_command"),
-                  [str(r) for r in (d["roadblock_ids"] or [])],
-                  [(str(int(c)), bool(r)) for c, r in (d["traffic_lights"] or [])],
-                  boxes, names, vel[:, :2], tracks, str(d["map_location"]),
-                  d["lidar_path"], l2e, cams, d.get("sample_next"))
-
-
-def _parse_synthetic_frame(d: Any, path: Path, i: int, map_name: str) -> _Frame:
-    """A navhard synthetic-scene frame (``frames[i]`` of the scene pickle)."""
-    where = f"{path} frame {i}"
-    try:
-        ego = d["ego_status"]
-        pose = _arr(ego["ego_pose"], (3,), where, "ego_status.ego_pose")
-        if not ego.get("in_global_frame", True):
-            raise BadInputError(path, "bad_frame", f"frame {i}: ego pose not in the global frame",
-                                "synthetic scenes must store global ego poses")
-        ann = d.get("annotations") or {}
-        boxes = _arr(ann.get("boxes", np.zeros((0, 7))), (7,), where, "boxes").reshape(-1, 7)
-        vel = _arr(ann.get("velocity_3d", np.zeros((len(boxes), 3))), (3,), where,
-                   "velocity_3d").reshape(-1, 3)
-        cams = {str(k).upper(): v for k, v in (d.get("camera_dict") or {}).items()}
-        l2e = _arr(d["lidar2ego"], (4, 4), where, "lidar2ego") if "lidar2ego" in d else np.eye(4)
-        return _Frame(str(d["token"]), int(d["timestamp"]), pose,
-                      _arr(ego["ego_velocity"], (2,), where, "ego_velocity"),
-                      _arr(ego["ego_acceleration"], (2,), where, "ego_acceleration"),
-                      _arr(ego["driving_command"], (4,), where, "driving_command"),
-                      [str(r) for r in (d.get("roadblock_ids") or [])],
-                      [(str(int(c)), bool(r)) for c, r in (d.get("traffic_lights") or [])],
-                      boxes, [str(x) for x in ann.get("names", [])], vel[:, :2],
-                      [str(x) for x in ann.get("track_tokens", [])], map_name,
-                      d.get("lidar_path"), l2e, cams)
-    except (KeyError, TypeError) as e:
-        raise BadInputError(path, "missing_keys", f"synthetic frame {i} lacks {e}",
-                            "the synthetic scene pickle does not follow the NAVSIM format")
-
-
-def _load_pickle(path: Path) -> Any:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except FileNotFoundError:
-        raise BadInputError(path, "missing_file", "file not found", "check navsim_root")
-    except Exception as e:   # truncated / corrupt pickles raise many different types
-        raise BadInputError(path, "corrupt_pickle", f"cannot unpickle ({type(e).__name__}: {e})",
-                            "the file is truncated or corrupt; re-download it") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,7 +248,7 @@ class SceneReader:
                 continue
             for start in range(0, len(frames) - NUM_HISTORY - nf + 1):
                 cur = frames[start + CUR]
-                if isinstance(cur, _Frame):
+                if isinstance(cur, Frame):
                     if not cur.route or (tokens is not None and cur.token not in tokens):
                         continue   # NAVSIM's has_route / token filters, not bad input
                 try:
@@ -394,7 +260,7 @@ class SceneReader:
                 index += 1
                 yield out
         if spec.two_stage:
-            syn_dir = self.root / spec.log_folder / "synthetic_scene_pickles"
+            syn_dir = self.root / spec.log_folder / navhard.SCENE_PICKLES
             for path in sorted(syn_dir.glob("*.pkl")):
                 try:
                     out = self._synthetic_scene(path, split, nf, tokens)
@@ -414,14 +280,14 @@ class SceneReader:
         spec = self._spec(split)
         path = self._log_dir(split) / f"{log_name}.pkl"
         if spec.two_stage and not path.exists():
-            syn = self.root / spec.log_folder / "synthetic_scene_pickles"
+            syn = self.root / spec.log_folder / navhard.SCENE_PICKLES
             for p in sorted(syn.glob("*.pkl")):
                 out = self._synthetic_scene(p, split, spec.num_future, {token})
                 if out is not None:
                     return out
             raise BadInputError(syn, "missing_scene", f"no scene with token {token!r}", "")
         frames = self._frames(path)
-        idx = [i for i, f in enumerate(frames) if isinstance(f, _Frame) and f.token == token]
+        idx = [i for i, f in enumerate(frames) if isinstance(f, Frame) and f.token == token]
         if not idx or idx[0] < CUR or idx[0] - CUR + NUM_HISTORY + spec.num_future > len(frames):
             raise BadInputError(path, "missing_scene", f"token {token!r} is not the current frame "
                                 f"of a full {NUM_HISTORY}+{spec.num_future} window in this log",
@@ -432,16 +298,7 @@ class SceneReader:
         """Parsed frames of a log; a frame that fails to parse is stored as its error."""
         if self._log_cache and self._log_cache[0] == path:
             return self._log_cache[1]
-        raw = _load_pickle(path)
-        if not isinstance(raw, list):
-            raise BadInputError(path, "corrupt_pickle", f"a log pickle holds a list of frames, "
-                                f"this one holds a {type(raw).__name__}", "check the file")
-        frames = []
-        for i, d in enumerate(raw):
-            try:
-                frames.append(_parse_log_frame(d, path, i))
-            except BadInputError as e:
-                frames.append(e)
+        frames = read_log(path)
         self._log_cache = (path, frames)
         return frames
 
@@ -470,7 +327,7 @@ class SceneReader:
                                         "split the log at the gap")
                 used = used[:j + 1]
                 break
-        prev_ok = start >= 1 and isinstance(frames[start + CUR - 1], _Frame) and \
+        prev_ok = start >= 1 and isinstance(frames[start + CUR - 1], Frame) and \
             0 < used[CUR].timestamp - used[CUR - 1].timestamp < PREVIOUS_MAX_US
         meta = NavsimSceneMeta(token=used[CUR].token, log_name=path.stem,
                                map_location=used[CUR].map_location,
@@ -483,57 +340,20 @@ class SceneReader:
         return scene, meta
 
     def _synthetic_scene(self, path: Path, split: str, nf: int, tokens: set[str] | None):
-        d = _load_pickle(path)
-        try:
-            sm = d["scene_metadata"]
-            raw = d["frames"]
-            nh = int(sm.get("num_history_frames", NUM_HISTORY))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise BadInputError(path, "missing_keys", f"synthetic scene pickle lacks {e}",
-                                "expected a dict with scene_metadata and frames") from None
-        if nh != NUM_HISTORY:
-            raise BadInputError(path, "bad_frame", f"num_history_frames is {nh}, expected "
-                                f"{NUM_HISTORY}", "")
-        map_name = str(sm.get("map_name", ""))
-        frames = [_parse_synthetic_frame(f, path, i, map_name) for i, f in enumerate(raw)]
-        if len(frames) < NUM_HISTORY:
-            raise BadInputError(path, "bad_frame", f"{len(frames)} frames, need {NUM_HISTORY}", "")
-        token = frames[CUR].token
-        if tokens is not None and token not in tokens:
+        s2 = navhard.read_stage2_scene(path, tokens)
+        if s2 is None:
             return None
-        # Beyond the scene's frames, the pickle carries extended lights / detections for scoring.
-        ext_lights = list(d.get("extended_traffic_light_data") or [])
-        ext_dets = list(d.get("extended_detections_tracks") or [])
-        cur = frames[CUR]
-        for k in range(len(frames) - CUR, types.NUM_AGENT_STEPS):
-            j = k - (len(frames) - CUR)
-            if j >= len(ext_lights) and j >= len(ext_dets):
-                break
-            lights = [(str(int(c)), bool(r)) for c, r in ext_lights[j]] if j < len(ext_lights) \
-                else []
-            det = ext_dets[j] if j < len(ext_dets) else {}
-            boxes = np.asarray(det.get("boxes", np.zeros((0, 7))), np.float64).reshape(-1, 7)
-            vel = np.asarray(det.get("velocity_3d", np.zeros((len(boxes), 3))),
-                             np.float64).reshape(-1, 3)
-            # Extended detections are in the current ego frame; express them in a frame that
-            # carries the current pose so the common code re-expresses them correctly.
-            frames.append(dataclasses.replace(
-                cur, token=f"{cur.token}_ext{j}", timestamp=cur.timestamp + FRAME_DT_US * k,
-                lights=lights, boxes=boxes, names=[str(x) for x in det.get("names", [])],
-                box_velocity=vel[:, :2], tracks=[str(x) for x in det.get("track_tokens", [])],
-                lidar_path=None, cams={}))
-        meta = NavsimSceneMeta(token=token, log_name=str(sm.get("log_name", path.stem)),
-                               map_location=map_name, previous_token=None, track_tokens=[],
-                               split=split, stage=2,
-                               original_token=str(sm.get("corresponding_original_scene")))
-        n_future = min(nf, max(0, len(raw) - NUM_HISTORY))
-        scene = self._build(frames, n_future, self._sensor_root(split), meta, str(path))
+        meta = NavsimSceneMeta(token=s2.token, log_name=s2.log_name,
+                               map_location=s2.map_location, previous_token=None, track_tokens=[],
+                               split=split, stage=2, original_token=s2.original_token)
+        n_future = min(nf, max(0, s2.num_frames - NUM_HISTORY))
+        scene = self._build(s2.frames, n_future, self._sensor_root(split), meta, str(path))
         scene["has_previous"] = np.array(False)
         scene["is_original"] = np.array(False)
-        types.check_scene(scene, self.sizes, where=f"{path} token {token}")
+        types.check_scene(scene, self.sizes, where=f"{path} token {s2.token}")
         return scene, meta
 
-    def _build(self, fr: list[_Frame], nf: int, sensor_root: Path, meta: NavsimSceneMeta,
+    def _build(self, fr: list[Frame], nf: int, sensor_root: Path, meta: NavsimSceneMeta,
                where: str) -> dict[str, np.ndarray]:
         s = self.sizes
         cur = fr[CUR]
@@ -592,7 +412,7 @@ class SceneReader:
     def _lane(m: MapAPI, token: str, typ: int):
         return m.lanes[token] if typ == types.LANE else m.lane_connectors[token]
 
-    def _sensors(self, f: _Frame, root: Path, where: str) -> dict[str, np.ndarray]:
+    def _sensors(self, f: Frame, root: Path, where: str) -> dict[str, np.ndarray]:
         s = self.sizes
         imgs, Ks, c2e = [], [], []
         for name in s.cameras:
@@ -612,11 +432,13 @@ class SceneReader:
                 raise BadInputError(p, "corrupt_sensor", f"cannot decode image ({e})",
                                     "the JPEG is truncated or corrupt; re-download it") from None
             imgs.append(arr)
-            Ks.append(labels.scale_intrinsics(_arr(cam["cam_intrinsic"], (3, 3), p,
-                                                   "cam_intrinsic"), sx, sy))
+            Ks.append(labels.scale_intrinsics(finite_array(cam["cam_intrinsic"], (3, 3), p,
+                                                           "cam_intrinsic"), sx, sy))
             s2l = np.eye(4)
-            s2l[:3, :3] = _arr(cam["sensor2lidar_rotation"], (3, 3), p, "sensor2lidar_rotation")
-            s2l[:3, 3] = _arr(cam["sensor2lidar_translation"], (3,), p, "sensor2lidar_translation")
+            s2l[:3, :3] = finite_array(cam["sensor2lidar_rotation"], (3, 3), p,
+                                       "sensor2lidar_rotation")
+            s2l[:3, 3] = finite_array(cam["sensor2lidar_translation"], (3,), p,
+                                      "sensor2lidar_translation")
             c2e.append(f.lidar2ego @ s2l)
         out = {"cameras": np.stack(imgs).astype(np.uint8),
                "cam_intrinsics": np.stack(Ks).astype(np.float32),
@@ -636,7 +458,7 @@ class SceneReader:
         out["lidar_bev"] = labels.lidar_bev(xyz, s.lidar_bev_hw, s.bev_range_m)
         return out
 
-    def _agents(self, fr: list[_Frame], loc: _Local, meta: NavsimSceneMeta):
+    def _agents(self, fr: list[Frame], loc: _Local, meta: NavsimSceneMeta):
         s, T = self.sizes, types.NUM_AGENT_STEPS
         tracks: dict[str, dict] = {}
         for k in range(T):
@@ -671,7 +493,7 @@ class SceneReader:
         return {"agent_states": states, "agent_valid": valid, "agent_size": size,
                 "agent_class": cls}
 
-    def _map(self, m: MapAPI, plan: route.RoutePlan, loc: _Local, fr: list[_Frame],
+    def _map(self, m: MapAPI, plan: route.RoutePlan, loc: _Local, fr: list[Frame],
              meta: NavsimSceneMeta) -> dict[str, np.ndarray]:
         s = self.sizes
         P, V = s.max_polygons, s.max_polygon_vertices

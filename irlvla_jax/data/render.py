@@ -1,5 +1,4 @@
-"""A fast numpy renderer for the synthetic world: pinhole cameras, a spinning LiDAR, and the
-NAVSIM sensor-blob file formats (JPEG images, binary PCD v0.7 point clouds).
+"""A fast numpy renderer for the synthetic world: pinhole cameras and a spinning LiDAR.
 
 The synthetic world generator (``irlvla_jax.data.synthetic``) describes one frame as a
 :class:`RenderWorld` in a single world frame (metres, z up) and calls
@@ -7,7 +6,8 @@ The synthetic world generator (``irlvla_jax.data.synthetic``) describes one fram
 * :func:`render_camera` for each camera of the rig -> ``uint8[H, W, 3]`` RGB,
 * :func:`lidar_scan` for the merged LiDAR -> ``float32[6, N]`` (NAVSIM MergedPointCloud rows
   x, y, z, intensity, ring, lidar_id, in the LiDAR frame),
-* :func:`write_jpeg` / :func:`write_pcd` to store them the way the NAVSIM reader finds them.
+* ``sensor_io.write_jpeg`` / ``sensor_io.write_pcd`` to store them the way the NAVSIM reader
+  finds them.
 
 Conventions: ``cam_to_world`` is a 4x4 rigid transform whose camera axes are OpenCV's (x right,
 y down, z forward). A forward camera at height 1.6 m looking along +x world therefore has the
@@ -24,7 +24,6 @@ into the image.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
@@ -422,106 +421,6 @@ def _hit_boxes(boxes: np.ndarray, origin: np.ndarray, d: np.ndarray, t: np.ndarr
     normal[ri] = np.einsum("pji,pj->pi", inv[bi], n_local)     # box -> world (inverse of inv)
     base[ri] = _INTENSITY_BOX
     t[ri] = t_near
-
-
-# ----------------------------------------------------------------------------------------------
-# Files.
-
-_PCD_FIELDS = ("x", "y", "z", "intensity", "ring", "lidar_info")
-
-
-def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 90) -> None:
-    """Write uint8 [H,W,3] RGB as a JPEG (creating parent folders)."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"write_jpeg({path}): expected uint8 [H,W,3], got {image.dtype} "
-                         f"{image.shape}")
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    Image.fromarray(image).save(path, format="JPEG", quality=quality)
-
-
-def write_pcd(path: str | os.PathLike, points: np.ndarray) -> None:
-    """Write float32 [6,N] points (x, y, z, intensity, ring, lidar_info) as a binary PCD v0.7
-    file, the layout nuPlan/NAVSIM ``LidarPointCloud`` reads (one interleaved record a point)."""
-    points = np.asarray(points)
-    if points.ndim != 2 or points.shape[0] != len(_PCD_FIELDS):
-        raise ValueError(f"write_pcd({path}): expected [6,N] points, got {points.shape}")
-    n = points.shape[1]
-    header = "\n".join([
-        "# .PCD v0.7 - Point Cloud Data file format",
-        "VERSION 0.7",
-        "FIELDS " + " ".join(_PCD_FIELDS),
-        "SIZE " + " ".join(["4"] * 6),
-        "TYPE " + " ".join(["F"] * 6),
-        "COUNT " + " ".join(["1"] * 6),
-        f"WIDTH {n}",
-        "HEIGHT 1",
-        "VIEWPOINT 0 0 0 1 0 0 0",
-        f"POINTS {n}",
-        "DATA binary",
-        "",
-    ]).encode("ascii")
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(header)
-        f.write(np.ascontiguousarray(points.T, dtype="<f4").tobytes())
-
-
-_PCD_TYPES = {"F": "f", "I": "i", "U": "u"}
-
-
-def read_pcd(path: str | os.PathLike) -> np.ndarray:
-    """Read a binary PCD file -> float32 [6,N] (x, y, z, intensity, ring, lidar_info).
-
-    Accepts any field sizes/types the format allows (F/I/U, COUNT 1) as long as those six fields
-    are present. Raises ValueError naming the file for a malformed header, ascii/compressed
-    data, missing fields or a truncated body.
-    """
-    with open(path, "rb") as f:
-        raw = f.read()
-    header: dict[str, list[str]] = {}
-    pos = 0
-    while "data" not in header:
-        end = raw.find(b"\n", pos)
-        if end < 0:
-            raise ValueError(f"{path}: PCD header ends before its DATA line (truncated or not a "
-                             "PCD file)")
-        try:
-            line = raw[pos:end].decode("ascii").strip()
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: PCD header has non-text bytes at offset {pos}") from None
-        pos = end + 1
-        if not line or line.startswith("#"):
-            continue
-        key, *vals = line.split()
-        header[key.lower()] = vals
-    for key in ("fields", "size", "type", "points"):
-        if key not in header:
-            raise ValueError(f"{path}: PCD header lacks {key.upper()}")
-    fields, data = header["fields"], header["data"]
-    if data != ["binary"]:
-        raise ValueError(f"{path}: PCD DATA {' '.join(data)!r} not supported (binary expected)")
-    count = header.get("count", ["1"] * len(fields))
-    if not len(fields) == len(header["size"]) == len(header["type"]) == len(count):
-        raise ValueError(f"{path}: PCD FIELDS/SIZE/TYPE/COUNT have different lengths")
-    if any(c != "1" for c in count):
-        raise ValueError(f"{path}: PCD COUNT must be 1 for every field, got {count}")
-    try:
-        dtype = np.dtype([(name, f"<{_PCD_TYPES[t]}{int(s)}")
-                          for name, t, s in zip(fields, header["type"], header["size"])])
-        n = int(header["points"][0])
-    except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"{path}: bad PCD SIZE/TYPE/POINTS ({e})") from None
-    missing = [k for k in _PCD_FIELDS if k not in fields]
-    if missing:
-        raise ValueError(f"{path}: PCD lacks fields {missing} (has {fields})")
-    body = raw[pos:]
-    if len(body) < n * dtype.itemsize:
-        raise ValueError(f"{path}: truncated PCD: {n} points need {n * dtype.itemsize} bytes, "
-                         f"file has {len(body)}")
-    # Trailing bytes past the points are tolerated: real nuPlan files carry zero padding.
-    rec = np.frombuffer(body, dtype, count=n)
-    return np.stack([rec[k].astype(np.float32) for k in _PCD_FIELDS], 0)
 
 
 def default_intrinsic(image_wh: tuple[int, int], hfov_deg: float = 70.0) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from irlvla_jax.data import render
+from irlvla_jax.data import render, sensor_io
 from irlvla_jax.data.synthetic import rig
 from irlvla_jax.data.synthetic.road import LOG_MAP_NAME, RoadMap
 from irlvla_jax.data.synthetic.world import LogTruth
@@ -144,9 +144,9 @@ def write_log(road: RoadMap, ground: GroundCache, truth: LogTruth, render_frames
         cam_dict = {}
         for cam in cams:
             rel = f"{name}/{cam.name}/{token(tokens[i], cam.name)}.jpg"
-            render.write_jpeg(root / "sensor_blobs" / split / rel,
-                              render.render_camera(world, cam.cam_to_ego, cam.intrinsic,
-                                                   image_wh))
+            sensor_io.write_jpeg(root / "sensor_blobs" / split / rel,
+                                 render.render_camera(world, cam.cam_to_ego, cam.intrinsic,
+                                                      image_wh))
             r, t = (m.copy() for m in cam_to_lidar[cam.name])
             cam_dict[cam.name] = dict(data_path=rel, sensor2lidar_rotation=r,
                                       sensor2lidar_translation=t, cam_intrinsic=cam.intrinsic,
@@ -155,7 +155,7 @@ def write_log(road: RoadMap, ground: GroundCache, truth: LogTruth, render_frames
         world.ground_lines = lines
         pts = render.lidar_scan(world, lidar2ego, lidar_points,
                                 np.random.default_rng([seed, i, 3]))
-        render.write_pcd(blob_dir.parent / lidar_rel, pts)
+        sensor_io.write_pcd(blob_dir.parent / lidar_rel, pts)
 
         frames.append(dict(
             token=tokens[i], frame_idx=i, timestamp=LOG_START_US + i * FRAME_US,
