@@ -1,26 +1,28 @@
 """EPDMS evaluation: policies (and baselines) planned on held-out scenes, scored by the JAX scorer.
 
-    python launch.py eval                          # IL vs RL policy (+ baselines) -> <workdir>/eval/eval.json
-    python -m irlvla_jax.evaluate --submission sub.pkl --config configs/navsim.py
+    python launch.py eval          # IL vs RL policy (+ baselines) -> <workdir>/eval/eval.json
 
 A *planner* is any callable ``plan(scene_batch) -> np.ndarray [B, 8, 3]`` (rear-axle poses in
 the t = 0 ego frame). ``evaluate_planners`` plans every held-out scene, scores the plans with
-:func:`irlvla_jax.sim.scorer.score` in jitted chunks, and reduces per-scene sub-scores to the
-per-policy table (EPDMS, v1 PDMS and each sub-metric's mean).
+:func:`jitted_scorer` in fixed-size chunks, and reduces per-scene sub-scores to the per-policy
+table (EPDMS, v1 PDMS and each sub-metric's mean) with :func:`irlvla_jax.sim.report.summarise`.
+Submission pickles are scored by ``irlvla_jax.submission``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import pickle
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
 
 from irlvla_jax import tracking, types
+from irlvla_jax.sim import report
 
 Planner = Callable[[types.Scene], np.ndarray]
+#: The headline table's columns (keys of a :func:`irlvla_jax.sim.report.summarise` row).
 COLUMNS = ["epdms", "pdms_v1", *types.SUBSCORE_NAMES]
 
 
@@ -43,24 +45,33 @@ def expert_plan(scene: types.Scene) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Scoring
 
-_score_jit = None
+@functools.cache
+def jitted_scorer(mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """The scorer with EC against the previous frame's plan, jitted (one program per mesh).
 
+    Returns ``score(scene, plans, prev_scene=None, prev_plans=None) -> (SubScores [B, K],
+    ScoreDetails)``: scene Scene [B]; plans [B, K, 8, 3]; prev_scene Scene [B] (each scene's
+    previous frame) and prev_plans [B, 8, 3] (the plan made there), simulated for EC (which
+    counts where ``scene.has_previous``); without them EC is not scored (``ec_weight`` 0). With
+    ``mesh`` the inputs are split over its 'data' axis (B divisible by its size; pass the
+    arguments positionally).
+    """
+    from irlvla_jax.sim import scorer, simulate
 
-def _scorer():
-    """scorer.score with the previous frame's simulated plan for EC, jitted once."""
-    global _score_jit
-    if _score_jit is None:
-        from irlvla_jax.sim import scorer, simulate
-
-        def fn(scene, plans, prev_scene, prev_plans):
+    def score(scene, plans, prev_scene=None, prev_plans=None):
+        prev_states = None
+        if prev_scene is not None:
             prev_states = jax.vmap(simulate.simulate_plan)(prev_scene, prev_plans)
-            return scorer.score(scene, plans, prev_states)
-        _score_jit = jax.jit(fn)
-    return _score_jit
+        return scorer.score(scene, plans, prev_states)
+    if mesh is None:
+        return jax.jit(score)
+    from irlvla_jax import parallel
+    return jax.jit(score, in_shardings=parallel.data_sharding(mesh))
 
 
-def _take(scene: types.Scene, idx: np.ndarray) -> types.Scene:
-    return jax.tree.map(lambda x: np.asarray(x)[idx], scene)
+def select_scenes(scenes: types.Scene, idx) -> types.Scene:
+    """Scene [N] of numpy arrays -> the scenes ``idx`` (an index array [M], or one index)."""
+    return jax.tree.map(lambda x: np.asarray(x)[idx], scenes)
 
 
 def previous_index(metas) -> np.ndarray:
@@ -76,8 +87,8 @@ def score_plans(scenes: types.Scene, plans: np.ndarray, prev_index: np.ndarray |
                 chunk: int = 16) -> dict[str, np.ndarray]:
     """Score one plan per scene. scenes [N] (numpy), plans [N, 8, 3], prev_index [N] (index of
     each scene's previous frame among the N, -1 for none; None: EC is not scored) -> dict of
-    [N] arrays (every sub-metric, ``epdms``, ``pdms_v1``, ``ec_weight``). Chunks are padded to
-    ``chunk`` so the scorer compiles once."""
+    [N] arrays (:func:`irlvla_jax.sim.report.score_columns`: every sub-metric, ``epdms``,
+    ``pdms_v1``, ``ec_weight``). Chunks are padded to ``chunk`` so the scorer compiles once."""
     plans = np.asarray(plans, np.float32)
     n = plans.shape[0]
     if plans.shape != (n, types.PLAN_LEN, 3):
@@ -91,29 +102,16 @@ def score_plans(scenes: types.Scene, plans: np.ndarray, prev_index: np.ndarray |
     scenes = scenes.replace(has_previous=np.asarray(scenes.has_previous) & (prev_index >= 0))
     prev_safe = np.where(prev_index >= 0, prev_index, np.arange(n))
     out: dict[str, list[np.ndarray]] = {}
-    fn = _scorer()
+    score = jitted_scorer()
     for start in range(0, n, chunk):
         idx = np.arange(start, start + chunk)
         real = idx < n
         idx = np.where(real, idx, n - 1)
-        sub, details = fn(_take(scenes, idx), plans[idx][:, None],
-                          _take(scenes, prev_safe[idx]), plans[prev_safe[idx]])
-        cols = {name: getattr(sub, name) for name in (*types.SUBSCORE_NAMES, "ec_weight")}
-        cols["epdms"] = details.epdms
-        cols["pdms_v1"] = details.pdms_v1
-        for k, v in cols.items():
-            out.setdefault(k, []).append(np.asarray(v)[:, 0][real])
+        sub, details = score(select_scenes(scenes, idx), plans[idx][:, None],
+                             select_scenes(scenes, prev_safe[idx]), plans[prev_safe[idx]])
+        for k, v in report.score_columns(sub, details).items():
+            out.setdefault(k, []).append(v[:, 0][real])
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def summarize(per_scene: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Scene means; EC is averaged only over scenes where it counts (has_previous)."""
-    res = {k: float(np.mean(per_scene[k])) for k in ("epdms", "pdms_v1", *types.SUBSCORE_NAMES)}
-    w = per_scene["ec_weight"]
-    res["ec"] = float(np.sum(per_scene["ec"] * w) / np.sum(w)) if np.sum(w) > 0 else None
-    res["ec_scenes"] = int(np.sum(w))
-    res["num_scenes"] = int(len(per_scene["epdms"]))
-    return res
 
 
 def l2_errors(plans: np.ndarray, scenes: types.Scene) -> dict[str, float]:
@@ -128,7 +126,8 @@ def evaluate_planners(planners: Mapping[str, Planner], scenes: types.Scene,
     """Plan and score every scene with every planner; with ``metas`` (SceneMeta per scene) EC
     compares each plan with the same planner's plan for the previous frame.
 
-    Returns (table: name -> summary dict, plans: name -> [N, 8, 3])."""
+    Returns (table: name -> :func:`irlvla_jax.sim.report.summarise` row plus L2 errors,
+    plans: name -> [N, 8, 3])."""
     prev = previous_index(metas) if metas is not None else None
     n = int(np.shape(scenes.speed_limit)[0])
     table, all_plans = {}, {}
@@ -136,10 +135,10 @@ def evaluate_planners(planners: Mapping[str, Planner], scenes: types.Scene,
         chunks = []
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
-            chunks.append(np.asarray(planner(_take(scenes, idx)), np.float32))
+            chunks.append(np.asarray(planner(select_scenes(scenes, idx)), np.float32))
         plans = np.concatenate(chunks)
         per_scene = score_plans(scenes, plans, prev)
-        table[name] = {**summarize(per_scene), **l2_errors(plans, scenes)}
+        table[name] = {**report.summarise(per_scene), **l2_errors(plans, scenes)}
         all_plans[name] = plans
     return table, all_plans
 
@@ -171,7 +170,7 @@ def save_bev_examples(path_prefix: str, scenes: types.Scene, plans: Mapping[str,
     paths = []
     n = int(np.shape(scenes.speed_limit)[0])
     for i in range(min(count, n)):
-        one = jax.tree.map(lambda x: np.asarray(x)[i], scenes)
+        one = select_scenes(scenes, i)
         p = f"{path_prefix}_{i}.png"
         viz.save_scene_bev(p, one, plans={k: v[i] for k, v in plans.items()},
                            title=f"held-out scene {i}")
@@ -190,8 +189,9 @@ def run(config, workdir: str) -> dict:
                                     constant_velocity_plan}
     policies = _policy_planners(config, workdir)
     if not policies:
-        print("eval: no trained policy under", workdir, "- run `python launch.py il` first; "
-              "scoring the baselines only")
+        raise SystemExit(f"eval: no trained policy found under {workdir} (looked in il/, "
+                         f"rl/): run `python launch.py il` first (and `python launch.py rl` for "
+                         f"the RL policy), with the same --workdir")
     planners.update(policies)
     table, plans = evaluate_planners(planners, scenes, metas=metas)
     result = {"split": config.data.eval_split, "policies": table}
@@ -203,78 +203,6 @@ def run(config, workdir: str) -> dict:
     return result
 
 
-# ---------------------------------------------------------------------------------------------
-# NAVSIM-style submission pickles
-
-class _LenientUnpickler(pickle.Unpickler):
-    """Reads submission pickles without the navsim package: unknown classes become dicts."""
-
-    def find_class(self, module, name):
-        if module.startswith(("numpy", "builtins", "collections", "copyreg", "_codecs")):
-            return super().find_class(module, name)
-        return type(name, (dict,), {"__setstate__": lambda self, st: self.update(
-            st if isinstance(st, dict) else {"state": st})})
-
-
-def read_submission(path: str) -> dict[str, np.ndarray]:
-    """token -> poses [8, 3] from a NAVSIM submission pickle (first_stage_predictions, the
-    Trajectory objects' ``poses``) or a plain ``{token: array}`` pickle."""
-    try:
-        with open(path, "rb") as f:
-            obj = _LenientUnpickler(f).load()
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read the submission pickle ({e})") from e
-    preds: dict[str, Any] = {}
-    if isinstance(obj, dict) and "first_stage_predictions" in obj:
-        for part in obj["first_stage_predictions"]:
-            preds.update(part)
-    elif isinstance(obj, dict):
-        preds = obj
-    else:
-        raise ValueError(f"{path}: expected a dict (NAVSIM submission or token -> poses), "
-                         f"got {type(obj).__name__}")
-    out = {}
-    for token, traj in preds.items():
-        poses = traj.get("poses") if isinstance(traj, dict) else traj
-        poses = np.asarray(poses, np.float32)
-        if poses.shape != (types.PLAN_LEN, 3):
-            raise ValueError(f"{path}: token {token}: poses have shape {poses.shape}, expected "
-                             f"({types.PLAN_LEN}, 3)")
-        out[str(token)] = poses
-    return out
-
-
-def score_submission(config, path: str) -> dict:
-    """Score a submission on ``config.data.eval_split``; prints and returns the table."""
-    from irlvla_jax.data.loader import load_split_numpy
-    preds = read_submission(path)
-    scenes, metas = load_split_numpy(config, config.data.eval_split)
-    keep = [i for i, m in enumerate(metas) if m.token in preds]
-    missing = len(metas) - len(keep)
-    if not keep:
-        raise ValueError(f"{path}: none of its {len(preds)} tokens are scenes of "
-                         f"{config.data.eval_split}")
-    sub = _take(scenes, np.asarray(keep))
-    plans = np.stack([preds[metas[i].token] for i in keep])
-    per_scene = score_plans(sub, plans, previous_index([metas[i] for i in keep]))
-    summary = {**summarize(per_scene), "missing_tokens": missing}
-    tracking.print_table(f"{os.path.basename(path)} on {config.data.eval_split}",
-                         {"submission": summary}, COLUMNS)
-    return summary
-
-
-def main(argv):
-    from absl import flags
-    path = flags.FLAGS.submission
-    if not path:
-        raise SystemExit("usage: python -m irlvla_jax.evaluate --submission FILE [--config ...]")
-    score_submission(flags.FLAGS.config, path)
-
-
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    _repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config_flags.DEFINE_config_file("config", os.path.join(_repo, "configs", "tiny.py"))
-    flags.DEFINE_string("submission", None, "a NAVSIM submission pickle")
-    app.run(main)
+    raise SystemExit("submission scoring moved: python -m irlvla_jax.submission --submission FILE "
+                     "[--config ...]")

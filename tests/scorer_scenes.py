@@ -1,4 +1,5 @@
-"""Hand-built scenes and trajectories for the scorer tests (test_metrics.py, test_scorer.py).
+"""Hand-built scenes and trajectories for the scorer tests (test_metrics.py, test_scorer.py,
+test_evaluate.py, test_submission.py).
 
 The road: a straight two-lane road along +x (x in [-60, 200] m). The ego lane (on route) is
 y in [-1.75, 1.75], the oncoming lane y in [1.75, 5.25]; each lane has its roadblock. The
@@ -8,6 +9,7 @@ route centreline runs along y = 0.
 from __future__ import annotations
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -152,3 +154,25 @@ def constant_accel_states(v0, a=0.0, y=0.0):
 
 def as_jnp(scene):
     return scene.replace(**{k: jnp.asarray(v) for k, v in scene.to_dict().items()})
+
+
+#: held_out_split(): (token, speed, road angle, previous token) per scene. Two chains of frames,
+#: s0 <- s1 <- s2 and s3 <- s4 <- s5; s3's previous frame is not in the split.
+HELD_OUT = (
+    ("s0", 10.0, 0.0, None), ("s1", 10.0, -0.15, "s0"), ("s2", 8.0, 0.0, "s1"),
+    ("s3", 12.0, -0.15, "gone"), ("s4", 6.0, 0.0, "s3"), ("s5", 10.0, -0.15, "s4"))
+
+
+def held_out_split():
+    """A 6-scene evaluation split for test_evaluate / test_submission: (Scene [6] of numpy
+    arrays, 6 SceneMeta). On the turning roads (angle -0.15) the expert follows the road and a
+    constant-velocity plan leaves it. EC counts at s1, s2, s4, s5 (previous frame in the
+    split)."""
+    scenes, metas = [], []
+    for token, speed, angle, prev in HELD_OUT:
+        s = road_scene(speed, angle=angle)
+        s.has_previous[...] = prev is not None
+        scenes.append(s)
+        metas.append(types.SceneMeta(token=token, log_name="log", map_location="road",
+                                     previous_token=prev, track_tokens=[]))
+    return jax.tree.map(lambda *x: np.stack(x), *scenes), metas

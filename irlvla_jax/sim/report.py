@@ -1,65 +1,57 @@
-"""Per-metric summaries of scorer output: a JSON-able dict and a rich table.
+"""The one reduction of scorer output to the numbers a table reports: per-entry columns -> means.
 
-    rows = {"agent": summarise(sub), "pdm_closed": summarise(ref_sub)}
-    print_table(rows, title="navtest EPDMS")
+    sub, details = scorer.score(scene, plans)
+    row = summarise(score_columns(sub, details))   # {"epdms": ..., "ec": ..., "num_scenes": ...}
+    tracking.print_table("navtest EPDMS", {"agent": row}, evaluate.COLUMNS)
+
+``irlvla_jax.evaluate`` (policies, baselines) and ``irlvla_jax.submission`` (submission pickles)
+both summarise through here.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
-import rich.console
-import rich.table
 
 from irlvla_jax import types
 
-#: Column order of the table: the nine sub-scores, then the aggregates.
-COLUMNS = types.SUBSCORE_NAMES + ("epdms", "pdms_v1", "count")
 
+def score_columns(sub: types.SubScores, details: Any) -> dict[str, np.ndarray]:
+    """The scorer's per-entry results as numpy columns.
 
-def summarise(sub: types.SubScores, pdms_v1=None, mask=None) -> dict[str, float]:
-    """Mean of each sub-score, EPDMS (and v1 PDMS if given) over all entries.
-
-    sub: SubScores [...] (e.g. [B, K]); pdms_v1: [...] or None; mask: bool [...] or None
-    (entries to include). EC is averaged over entries whose EC weight is 1 (it does not count
-    elsewhere). Returns a JSON-able dict: name -> float, plus ``count``.
+    sub: SubScores [...] (e.g. [B, K]); details: the scorer's ScoreDetails ([...] ``epdms``,
+    ``pdms_v1``). Returns name -> [...] array for every sub-score, ``ec_weight``, ``epdms`` and
+    ``pdms_v1``.
     """
-    m = np.ones(np.shape(sub.nc), bool) if mask is None else np.asarray(mask, bool)
-    if not m.any():
-        raise ValueError("summarise: the mask selects no entries")
-    out = {n: float(np.asarray(getattr(sub, n))[m].mean()) for n in types.SUBSCORE_NAMES}
-    ec_m = m & (np.asarray(sub.ec_weight) > 0)
-    out["ec"] = float(np.asarray(sub.ec)[ec_m].mean()) if ec_m.any() else float("nan")
-    out["epdms"] = float(np.asarray(sub.epdms())[m].mean())
-    if pdms_v1 is not None:
-        out["pdms_v1"] = float(np.asarray(pdms_v1)[m].mean())
-    out["count"] = int(m.sum())
-    return out
+    cols = {name: np.asarray(getattr(sub, name)) for name in (*types.SUBSCORE_NAMES, "ec_weight")}
+    cols["epdms"] = np.asarray(details.epdms)
+    cols["pdms_v1"] = np.asarray(details.pdms_v1)
+    return cols
 
 
-def make_table(rows: Mapping[str, Mapping[str, float]], title: str = "EPDMS") -> rich.table.Table:
-    """A rich table: one row per entry of ``rows`` (name -> :func:`summarise` dict); scores in
-    percent, missing values as '-'."""
-    table = rich.table.Table(title=title)
-    table.add_column("")
-    for c in COLUMNS:
-        table.add_column(c.upper(), justify="right")
-    for name, row in rows.items():
-        cells = []
-        for c in COLUMNS:
-            v = row.get(c)
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                cells.append("-")
-            elif c == "count":
-                cells.append(str(int(v)))
-            else:
-                cells.append(f"{100.0 * v:.1f}")
-        table.add_row(name, *cells)
-    return table
+def summarise(per_entry: Mapping[str, Any], mask=None) -> dict[str, Any]:
+    """Means over entries (scenes, or scene x candidate): the row of a results table.
 
-
-def print_table(rows: Mapping[str, Mapping[str, float]], title: str = "EPDMS",
-                console: rich.console.Console | None = None) -> None:
-    """Print :func:`make_table` to ``console`` (stdout by default)."""
-    (console or rich.console.Console()).print(make_table(rows, title))
+    per_entry: name -> [...] arrays of one shape, as :func:`score_columns` returns (every
+    sub-score, ``ec_weight``, ``epdms``, ``pdms_v1``); mask: bool [...] or None (entries to
+    include). EPDMS, v1 PDMS and the sub-scores are means over all included entries; EC is the
+    mean over the entries where its weight counts (a previous frame was scored; None if none).
+    Returns a JSON-able dict: those means, ``ec_scenes`` (entries where EC counts) and
+    ``num_scenes`` (entries included).
+    """
+    cols = {k: np.asarray(per_entry[k]) for k in ("epdms", "pdms_v1", *types.SUBSCORE_NAMES,
+                                                  "ec_weight")}
+    if mask is not None:
+        m = np.asarray(mask, bool)
+        if not m.any():
+            raise ValueError("summarise: the mask selects no entries")
+        cols = {k: v[m] for k, v in cols.items()}
+    if cols["epdms"].size == 0:
+        raise ValueError("summarise: no entries")
+    res = {k: float(np.mean(cols[k])) for k in ("epdms", "pdms_v1", *types.SUBSCORE_NAMES)}
+    w = cols["ec_weight"]
+    res["ec"] = float(np.sum(cols["ec"] * w) / np.sum(w)) if np.sum(w) > 0 else None
+    res["ec_scenes"] = int(np.sum(w))
+    res["num_scenes"] = int(cols["epdms"].size)
+    return res
