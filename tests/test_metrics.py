@@ -9,7 +9,7 @@ import scipy.signal
 import scorer_scenes as sc
 from irlvla_jax import geometry as geo
 from irlvla_jax import types
-from irlvla_jax.sim import comfort, metrics
+from irlvla_jax.sim import comfort, ego_area, metrics
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,21 @@ def test_progress_and_its_normalisation(score):
     np.testing.assert_allclose(metrics.normalise_progress(2.0, 1.0, 4.0, 1.0), 1.0)
 
 
+def test_non_finite_trajectory_scores_zero(score):
+    """A trajectory with a NaN or inf state scores 0 on every metric (progress 0), next to a
+    finite one that keeps its scores exactly."""
+    scene = sc.add_agent(sc.road_scene(), 0, x=60.0, y=0.0, vx=10.0)
+    good, nan, inf = (sc.constant_accel_states(8.0) for _ in range(3))
+    nan[20, 1] = np.nan
+    inf[40, 3] = np.inf
+    alone = score(scene, [good])
+    r = score(scene, [nan, good, inf])
+    for name in ("nc", "dac", "ddc", "tlc", "ttc", "lk", "progress"):
+        np.testing.assert_array_equal(r[name][[0, 2]], 0.0, err_msg=name)
+        np.testing.assert_array_equal(r[name][1], alone[name][0], err_msg=name)
+    assert alone["progress"][0] > 30.0 and alone["nc"][0] == alone["lk"][0] == 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Comfort
 
@@ -192,9 +207,8 @@ def test_culled_ego_areas_equal_testing_every_polygon():
     scene = sc.as_jnp(_scatter_quads(sc.road_scene(), rng))
     poses = np.stack([rng.uniform(-2, 28, 400), rng.uniform(-3, 5, 400),
                       rng.uniform(-np.pi, np.pi, 400)], -1).astype(np.float32)
-    corners, centre = geo.ego_corners(poses), geo.ego_center(poses)
-    points = np.concatenate([corners, centre[:, None], poses[:, None, :2]], 1)
-    areas = jax.jit(metrics.ego_areas, static_argnums=2)
+    points = ego_area.ego_points(poses)
+    areas = jax.jit(ego_area.ego_areas, static_argnums=2)
     full = areas(points, scene, None)
     assert not np.asarray(full["area_overflow"]).any()
     for capacity in (1, 2):

@@ -54,15 +54,17 @@ def build_batch():
 def run_sharded():
     """The full ``score`` (PDM-Closed included), jitted once, with the batch split over the 8
     fake CPU devices on the 'data' mesh axis, as stage 2 calls it inside its sharded train
-    step. ``call(idx)`` scores the batch's scenes ``idx`` [8]."""
+    step. ``call(idx, plans=None)`` scores the batch's scenes ``idx`` [8] (with their
+    plans, or with ``plans`` [8, K, 8, 3])."""
     batch, plans = build_batch()
     mesh = parallel.make_mesh({"data": -1, "fsdp": 1})
     assert mesh.shape["data"] == 8
     fn = jax.jit(scorer.score)
 
-    def call(idx):
+    def call(idx, given=None):
         b = jax.tree.map(lambda x: x[idx], batch)
-        sub, det = fn(*parallel.shard_batch((b, plans[idx]), mesh))
+        p = plans[idx] if given is None else given
+        sub, det = fn(*parallel.shard_batch((b, p), mesh))
         assert len(sub.nc.sharding.device_set) == 8
         return jax.tree.map(np.asarray, sub), jax.tree.map(np.asarray, det)
     return call
@@ -141,6 +143,47 @@ def test_unsharded_jit_one_scene_at_a_time_equals_sharded_batch(scored):
         for name in types.SUBSCORE_NAMES:
             np.testing.assert_allclose(getattr(one, name)[0], getattr(sub, name)[i], atol=1e-5,
                                        err_msg=f"scene {i} {name}")
+
+
+def test_non_finite_plan_scores_zero_on_every_metric(run_sharded, scored):
+    """A plan with a NaN or inf pose is scored 0 on every sub-metric (its EPDMS and PDMS are
+    0 too), whatever the human filter would lift; the other plans keep their scores exactly."""
+    _, plans, sub, det = scored
+    bad = plans.copy()
+    bad[0, 1, 3, 0] = np.nan             # open road
+    bad[2, 0, 7, 2] = np.inf             # the human ran the red light: the filter would lift TLC
+    bad[4, 0, :, 1] = np.nan             # the lead vehicle scene, every pose
+    got, got_det = run_sharded(np.arange(8), bad)
+    broken = np.zeros((8, K), bool)
+    broken[0, 1] = broken[2, 0] = broken[4, 0] = True
+    for name in types.SUBSCORE_NAMES:
+        np.testing.assert_array_equal(getattr(got, name)[broken], 0.0, err_msg=name)
+        np.testing.assert_array_equal(getattr(got_det.unfiltered, name)[broken], 0.0,
+                                      err_msg=name)
+        np.testing.assert_array_equal(getattr(got, name)[~broken], getattr(sub, name)[~broken],
+                                      err_msg=name)
+    for scores in (got.epdms(), got_det.epdms, got_det.pdms_v1):
+        np.testing.assert_array_equal(scores[broken], 0.0)
+    np.testing.assert_array_equal(got_det.epdms[~broken], det.epdms[~broken])
+    # The raw metrics of the broken plans are zeros too (progress included), not NaN.
+    for name in ("nc", "dac", "ddc", "tlc", "ttc", "lk", "progress"):
+        np.testing.assert_array_equal(got_det.raw[name][broken], 0.0, err_msg=name)
+
+
+def test_scorer_labels_judge_consistency_with_the_previous_frame():
+    """The training labels score EC against the expert's plan made 0.5 s earlier, weighted
+    where the token has a previous frame: keeping the expert's plan passes, a turn fails."""
+    t = 0.5 * np.arange(1, 9)
+    heading = 0.3 * t                                   # 0.3 rad/s, 10 m/s
+    turn = np.stack([10.0 * np.sin(heading) / 0.3, 10.0 * (1 - np.cos(heading)) / 0.3,
+                     heading], -1)
+    scenes = [sc.road_scene(10.0), sc.road_scene(10.0)]
+    scenes[0].has_previous[...], scenes[1].has_previous[...] = True, False
+    batch = jax.tree.map(lambda *x: np.stack(x), *scenes)
+    plans = np.asarray([[straight_plan(10.0), turn]] * 2, np.float32)
+    labels = jax.tree.map(np.asarray, jax.jit(scorer.scorer_labels)(batch, plans))
+    np.testing.assert_array_equal(labels.ec[0], [1.0, 0.0])
+    np.testing.assert_array_equal(labels.ec_weight, [[1.0, 1.0], [0.0, 0.0]])
 
 
 def test_two_stage_aggregation():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import scorer_scenes as ss
 from irlvla_jax import types
 from irlvla_jax.sim import bicycle, lqr, simulate, trajectory
 from irlvla_jax.sim.trajectory import StateIndex as S
@@ -161,6 +162,34 @@ def test_simulate_plan_jits_and_vmaps_over_scenes_and_candidates():
     np.testing.assert_allclose(out[:, :, -1, 0], [[20.0] * 3, [40.0] * 3], atol=0.02)
     with pytest.raises(ValueError, match="expected"):
         simulate.simulate(np.zeros((40, 3)), np.zeros(11))
+
+
+def test_previous_frame_plan_of_steady_driving_is_extended_comfortable():
+    """The expert's plan made 0.5 s earlier, tracked from that frame's logged state: steady
+    driving stays steady and agrees with the current plan (EC 1)."""
+    from irlvla_jax.sim import comfort
+
+    @jax.jit
+    def both(scene):
+        prev = simulate.previous_frame_states(scene)
+        cur = jax.vmap(simulate.simulate_plan)(scene, scene.expert_future[:, :8])
+        return prev, cur, jax.vmap(comfort.extended_comfort)(cur, prev)
+
+    steady = ss.road_scene(speed=10.0)
+    logged = ss.road_scene(speed=10.0)          # another logged state at t = -0.5 s
+    logged.ego_history_velocity[2] = (9.0, 0.1)
+    logged.ego_history_acceleration[2] = (0.5, -0.2)
+    scenes = jax.tree.map(lambda *x: jnp.stack(x), ss.as_jnp(steady), ss.as_jnp(logged))
+    prev, cur, ec = (np.asarray(x) for x in both(scenes))
+    assert prev.shape == (2, 41, 11)
+    np.testing.assert_allclose(prev[0, :, S.VX], 10.0, atol=0.2)       # it kept driving at 10 m/s
+    np.testing.assert_allclose(prev[0, -1, S.X], 40.0, atol=0.5)       # 5 m back + 35 m in 3.5 s
+    assert ec[0] == 1.0
+    # It starts from the t = -0.5 s frame's state, as NAVSIM builds one (origin, logged
+    # body-frame velocity and acceleration), not from the current one.
+    want = np.float32([0, 0, 0, 9.0, 0.1, 0.5, -0.2, 0, 0, 0, 0])
+    np.testing.assert_array_equal(prev[1, 0], want)
+    np.testing.assert_array_equal(cur[1, 0], [0, 0, 0, 10.0, 0, 0, 0, 0, 0, 0, 0])
 
 
 def test_profile_fit_matches_devkit_on_random_references():

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from irlvla_jax import geometry, types
-from irlvla_jax.sim import metrics, simulate, trajectory
+from irlvla_jax.sim import metrics, preselect, simulate, trajectory
 from irlvla_jax.sim.observation import FORECAST_LEN, Observation, forecast_observation
 
 SPEED_LIMIT_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -131,7 +131,7 @@ def _in_corridor(rects, rect_mask, boxes, present):
     rects [P,R,4,2], rect_mask [P,R] (``_corridor``); boxes [T,A,4,2], present [T,A] ->
     bool [T,P,A]. Exact: only rectangles in chunks whose bounding box overlaps the object's
     can intersect it (see ``CORRIDOR_CHUNK``); rows with more such chunks than slots take the
-    exhaustive test (``metrics.complete``).
+    exhaustive test (``preselect.complete``).
     """
     num_p, num_r = rect_mask.shape
     num_t, num_a = present.shape
@@ -149,7 +149,7 @@ def _in_corridor(rects, rect_mask, boxes, present):
                (lo[None, :, None, :, 1] <= bhi[:, None, :, None, 1]) &
                (hi[None, :, None, :, 1] >= blo[:, None, :, None, 1]))       # [T,P,A,chunks]
     capacity = min(CORRIDOR_CHUNK_CAPACITY, chunks)
-    index, slot_valid, overflow = metrics.first_true(overlap, capacity)   # [T,P,A,C]
+    index, slot_valid, overflow = preselect.first_true(overlap, capacity)   # [T,P,A,C]
     p_idx = jnp.arange(num_p)[None, :, None, None]
     cand = rects_c[p_idx, index]                                           # [T,P,A,C,G,4,2]
     cand_mask = mask_c[p_idx, index] & slot_valid[..., None]               # [T,P,A,C,G]
@@ -163,8 +163,8 @@ def _in_corridor(rects, rect_mask, boxes, present):
         return (geometry.convex_intersect(box[:, None], rects[p]) & rect_mask[p]).any(-1) & \
             present[t, a]
 
-    flat = metrics.complete(overflow.reshape(-1), hit.reshape(-1), exhaustive,
-                            CORRIDOR_FALLBACK_ROWS)
+    flat = preselect.complete(overflow.reshape(-1), hit.reshape(-1), exhaustive,
+                              CORRIDOR_FALLBACK_ROWS)
     return flat.reshape(hit.shape)
 
 

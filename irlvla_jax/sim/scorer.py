@@ -8,6 +8,14 @@ observation (log replay), the PDM-Closed reference (EP normaliser) and the human
 trajectory (human filter). Each candidate is simulated (LQR + bicycle), scored together with
 the reference, and its sub-scores assembled. Everything is pure ``jnp`` — jit it
 (:data:`score_jit`) and shard the batch axis over a mesh.
+
+A plan with a non-finite (NaN or inf) pose scores 0 on every sub-metric (NC, DAC, DDC, TLC, EP,
+TTC, LK, HC, EC; the human filter does not lift them), hence EPDMS and PDMS 0. NAVSIM has no
+score for it: its Python scorer raises or computes on NaN geometry, and ``run_pdm_score.py``
+marks a token whose scoring raised invalid and leaves it out of the averages. A batched, jitted
+scorer can neither raise nor drop one candidate, and leaving it out would reward a planner for
+emitting NaN; the worst score is the honest equivalent, and it keeps per-metric means and the
+reward model's labels from crediting such a plan. Finite plans are unaffected.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from irlvla_jax import types
 from irlvla_jax.sim import comfort, metrics, observation, pdm_closed, simulate
@@ -37,7 +44,7 @@ class ScoreDetails:
     simulated; reference_poses [B,51,3]: its IDM poses (zeros when the reference was passed in
     as states). human_states [B,41,11]: the simulated expert. raw: ``metrics.score_states``
     dict for the candidates ([B,K] sub-metrics and [B,K,41] ego-area flags; ``area_overflow``
-    [B,K,41] marks poses with a point in more than ``metrics.AREA_CAPACITY`` polygon boxes and
+    [B,K,41] marks poses with a point in more than ``ego_area.AREA_CAPACITY`` polygon boxes and
     ``agent_overflow`` [B,K,41] steps near more than ``metrics.AGENT_CAPACITY`` agents, where
     the exact fallback recomputed the flags / NC and TTC against everything: diagnostics only,
     the results are exact either way).
@@ -74,6 +81,12 @@ def apply_human_filter(agent: types.SubScores, human: types.SubScores, applies):
     return agent.replace(**{n: lift(n) for n in HUMAN_FILTER_METRICS})
 
 
+def _worst_unless(valid, sub: types.SubScores):
+    """sub with every sub-score 0 where ``valid`` is False. valid [...] bool, sub [...]."""
+    return sub.replace(**{n: jnp.where(valid, getattr(sub, n), 0.0)
+                          for n in types.SUBSCORE_NAMES})
+
+
 def _score_scene(scene, plans, prev_states, obs, ref_states, human_filter):
     """One scene: plans [K,8,3], prev_states [K,41,11] or None, ref_states [41,11]."""
     states = jax.vmap(simulate.simulate_plan, in_axes=(None, 0))(scene, plans)
@@ -105,12 +118,18 @@ def _score_scene(scene, plans, prev_states, obs, ref_states, human_filter):
     filtered = apply_human_filter(agent, human, jnp.asarray(scene.is_original)) \
         if human_filter else agent
     v1 = pdms_v1(agent, jax.vmap(comfort.trajectory_comfort)(states))
+    epdms = filtered.epdms()
+    # Non-finite plans score 0 everywhere (module docstring). Zeroed last: EPDMS computed from
+    # zeroed sub-scores is fused differently by XLA and moves finite plans' EPDMS by an ulp.
+    finite = jnp.isfinite(plans).all((1, 2)) & jnp.isfinite(states).all((1, 2))
+    agent, filtered = _worst_unless(finite, agent), _worst_unless(finite, filtered)
+    v1, epdms = jnp.where(finite, v1, 0.0), jnp.where(finite, epdms, 0.0)
     cand_raw = jax.tree.map(lambda x: x[2:], raw)
     details = ScoreDetails(
         states=states, reference_states=ref_states, reference_poses=None,
         human_states=human_states, raw=cand_raw, reference_progress=raw["progress"][0],
         reference_multiplier=multi[0], unfiltered=agent, human=human, pdms_v1=v1,
-        epdms=filtered.epdms())
+        epdms=epdms)
     return filtered, details
 
 
@@ -141,7 +160,8 @@ def score_with(scene, plans, obs, reference_states, prev_states=None, *, human_f
         0.5 s earlier (EC); None -> EC weight 0.
       human_filter: apply the human filter on original scenes (static).
     Returns:
-      (SubScores [B, K], ScoreDetails).
+      (SubScores [B, K], ScoreDetails); a plan with a non-finite pose scores 0 on every
+      sub-metric (module docstring).
     """
     plans = jnp.asarray(plans, jnp.float32)
     _check(scene, plans, prev_states)
@@ -160,7 +180,8 @@ def score(scene, plans, prev_states=None, *, human_filter=True):
       prev_states: optional [B, 41, 11] or [B, K, 41, 11] (see :func:`score_with`).
       human_filter: apply the human filter on original scenes (static under jit).
     Returns:
-      (SubScores [B, K], ScoreDetails); ``sub.epdms()`` is the per-candidate EPDMS.
+      (SubScores [B, K], ScoreDetails); ``sub.epdms()`` is the per-candidate EPDMS. A plan
+      with a non-finite pose scores 0 on every sub-metric (module docstring).
     """
     _check(scene, jnp.asarray(plans), prev_states)       # before the expensive per-scene work
     obs = jax.vmap(observation.build_observation)(scene)
@@ -172,6 +193,17 @@ def score(scene, plans, prev_states=None, *, human_filter=True):
 
 #: ``score`` compiled; ``human_filter`` is static.
 score_jit = jax.jit(score, static_argnames=("human_filter",))
+
+
+def scorer_labels(scene, trajs) -> types.SubScores:
+    """The scorer's sub-scores as training labels (the reward model's targets, PPO's reward):
+    human filter on, EC against the expert's plan made 0.5 s earlier
+    (``simulate.previous_frame_states``), EC weight = ``scene.has_previous``; no gradient.
+
+    scene: Scene batched [B]; trajs: [B, K, 8, 3] plans (as :func:`score`) -> SubScores [B, K].
+    """
+    sub, _ = score(scene, trajs, simulate.previous_frame_states(scene), human_filter=True)
+    return jax.lax.stop_gradient(sub)
 
 
 # ----------------------------------------------------------------------------------------------

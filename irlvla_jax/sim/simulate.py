@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from irlvla_jax import types
+from irlvla_jax import scene_ops, types
 from irlvla_jax.sim import bicycle, lqr, trajectory
 
 
@@ -49,3 +49,24 @@ def simulate_plan(scene: types.Scene, plan):
       [41, 11] simulated states.
     """
     return simulate(trajectory.reference_poses(plan), trajectory.initial_state(scene))
+
+
+def previous_frame_states(scene: types.Scene):
+    """The expert's plan made 0.5 s earlier, simulated in that frame: the input of EC.
+
+    The plan is ``scene_ops.previous_frame_plan`` (the t = -0.5 s rear-axle frame); it is
+    tracked from that frame's logged state, :func:`trajectory.origin_state` of the body-frame
+    velocity and acceleration at t = -0.5 s (history row ``NUM_HISTORY - 2``). EC compares
+    frame-invariant features only, so the frame does not matter to the scorer.
+
+    Args:
+      scene: Scene batched [B].
+    Returns:
+      [B, 41, 11] simulated states.
+    """
+    def one(s):
+        prev = types.NUM_HISTORY - 2
+        init = trajectory.origin_state(s.ego_history_velocity[prev],
+                                       s.ego_history_acceleration[prev])
+        return simulate(trajectory.reference_poses(scene_ops.previous_frame_plan(s)), init)
+    return jax.vmap(one)(scene)

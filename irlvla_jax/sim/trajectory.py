@@ -63,23 +63,35 @@ def reference_poses(plan):
     return poses.at[..., 2].set(wrap_angle(poses[..., 2]))
 
 
-def initial_state(scene: types.Scene):
-    """The true ego state at t = 0 (one scene; vmap for a batch).
+def origin_state(velocity, acceleration):
+    """An ego state at the origin of its own rear-axle frame, as NAVSIM builds one from a log
+    frame (``EgoState.build_from_rear_axle``, spec §2.1): pose (0, 0, 0), the logged body-frame
+    velocity and acceleration; steering, steering rate, angular velocity and angular
+    acceleration all 0.
 
-    NAVSIM builds it with ``EgoState.build_from_rear_axle``: pose (0, 0, 0) in our frame, the
-    logged body-frame velocity and acceleration, steering, steering rate, angular velocity and
-    angular acceleration all 0 (spec §2.1).
+    Args:
+      velocity: [2] body-frame (longitudinal, lateral) velocity.
+      acceleration: [2] body-frame acceleration.
+    Returns:
+      [11] state in ``StateIndex`` order.
+    """
+    v = jnp.asarray(velocity, jnp.float32)
+    a = jnp.asarray(acceleration, jnp.float32)
+    if v.shape != (2,) or a.shape != (2,):
+        raise ValueError(f"origin_state: expects one frame, got velocity {v.shape}, "
+                         f"acceleration {a.shape} (vmap over a batch)")
+    s = jnp.zeros((STATE_DIM,), jnp.float32)
+    s = s.at[StateIndex.VX].set(v[0]).at[StateIndex.VY].set(v[1])
+    return s.at[StateIndex.AX].set(a[0]).at[StateIndex.AY].set(a[1])
+
+
+def initial_state(scene: types.Scene):
+    """The true ego state at t = 0 (one scene; vmap for a batch): :func:`origin_state` of the
+    current frame's logged velocity and acceleration (our frame is the t = 0 rear axle).
 
     Args:
       scene: one Scene (``ego_velocity [2]``, ``ego_acceleration [2]``).
     Returns:
       [11] state in ``StateIndex`` order.
     """
-    v = jnp.asarray(scene.ego_velocity, jnp.float32)
-    a = jnp.asarray(scene.ego_acceleration, jnp.float32)
-    if v.shape != (2,) or a.shape != (2,):
-        raise ValueError(f"initial_state: expects one scene, got ego_velocity {v.shape}, "
-                         f"ego_acceleration {a.shape} (vmap over a batch)")
-    s = jnp.zeros((STATE_DIM,), jnp.float32)
-    s = s.at[StateIndex.VX].set(v[0]).at[StateIndex.VY].set(v[1])
-    return s.at[StateIndex.AX].set(a[0]).at[StateIndex.AY].set(a[1])
+    return origin_state(scene.ego_velocity, scene.ego_acceleration)
