@@ -33,29 +33,24 @@ flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
 
 
 def _stage_fn(stage: str):
-    """Import lazily so a stage that is missing fails alone, with a message that says so."""
-    try:
-        if stage == "data":
-            from irlvla_jax.data.prepare import prepare_data
-            return lambda config, workdir: prepare_data(config)
-        if stage == "il":
-            from irlvla_jax.train import il
-            return il.run
-        if stage == "irl":
-            from irlvla_jax.train import irl
-            return irl.run
-        if stage == "rl":
-            from irlvla_jax.train import ppo
-            return ppo.run
-        if stage == "eval":
-            from irlvla_jax import evaluate
-            return evaluate.run
-    except ImportError as e:
-        if (getattr(e, "name", "") or "").startswith("irlvla_jax"):
-            raise SystemExit(f"launch.py: stage '{stage}' is not built yet in this checkout "
-                             f"({e}).") from None
-        raise
-    raise SystemExit(f"launch.py: unknown stage '{stage}'; choose from {', '.join(STAGES)}, all")
+    """The stage's ``run(config, workdir)``, imported when it runs (a stage's imports stay
+    out of the others' start-up)."""
+    if stage == "data":
+        from irlvla_jax.data.prepare import prepare_data
+        return lambda config, workdir: prepare_data(config)
+    if stage == "il":
+        from irlvla_jax.train import il
+        return il.run
+    if stage == "irl":
+        from irlvla_jax.train import irl
+        return irl.run
+    if stage == "rl":
+        from irlvla_jax.train import ppo
+        return ppo.run
+    if stage == "eval":
+        from irlvla_jax import evaluate
+        return evaluate.run
+    raise app.UsageError(f"unknown stage '{stage}'; choose from {', '.join(STAGES)}, all")
 
 
 def main(argv):
@@ -76,16 +71,16 @@ def main(argv):
         import jax
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".xla_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    if config.get("previous_stages_dir"):
+        config.previous_stages_dir = os.path.join(REPO, config.previous_stages_dir)
+    from irlvla_jax.checkpoint import exit_on_checkpoint_error
     todo = STAGES if stage == "all" else (stage,)
-    results = {}
     for s in todo:
         fn = _stage_fn(s)
         t0 = time.time()
         print(f"\n=== {s} ({config.name}) -> {workdir}", flush=True)
-        try:
-            results[s] = fn(config, workdir)
-        except NotImplementedError as e:
-            raise SystemExit(f"launch.py: stage '{s}' is not built yet: {e}") from None
+        with exit_on_checkpoint_error():
+            fn(config, workdir)
         print(f"=== {s} done in {time.time() - t0:.1f} s", flush=True)
     return 0
 

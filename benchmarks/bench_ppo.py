@@ -32,6 +32,7 @@ from irlvla_jax.models import policy as policy_lib  # noqa: E402
 from irlvla_jax.models import reward_model as rwm_lib  # noqa: E402
 from irlvla_jax.train import ppo  # noqa: E402
 from irlvla_jax.train import rollout as rollout_lib  # noqa: E402
+from irlvla_jax.train import stage_results  # noqa: E402
 
 
 def bench_scenes(sizes: types.SceneSizes, b: int, seed: int = 0) -> types.Scene:
@@ -97,7 +98,7 @@ def main():
     cfg = config.ppo
     sizes = types.SceneSizes.from_config(config.data.sizes)
     scene = bench_scenes(sizes, args.batch)
-    model = policy_lib.VLAPolicy(ppo.rl_model_config(config))
+    model = policy_lib.VLAPolicy(stage_results.rl_model_config(config))
     il_vars = jax.jit(lambda r: policy_lib.init_variables(model, scene, r))(jax.random.PRNGKey(0))
     rwm = rwm_lib.RewardModel(config.rwm)
     tokens = jax.eval_shape(lambda: policy_lib.encode(model, il_vars, scene).replace(aux={}))
@@ -118,7 +119,7 @@ def main():
         return jax.jit(lambda v, s, r: rollout_lib.rollout(
             model, v, s, r, reward, num_steps=cfg.horizon, group_size=cfg.group_size)[0])
 
-    variables = ppo.policy_variables(il_vars, state.params)
+    variables = stage_results.rl_policy_variables(il_vars, state.params)
     c_roll, t_roll = _time(roll(zero_reward), variables, scene, rng, repeats=args.repeats)
     c_rew, t_rew = _time(roll(reward_fn), variables, scene, rng, repeats=args.repeats)
     update = jax.jit(ppo.make_update(config, model, reward_fn))   # no donation: reused state

@@ -56,7 +56,7 @@ def get_config():
         head_dim=128, intermediate_size=11008, rms_norm_eps=1e-6, rope_theta=1000000.0,
         qkv_bias=True, tie_word_embeddings=True))
 
-    # --- model.planner + il at paper scale (developer P) -----------------------------------
+    # --- model.planner + il at paper scale ---------------------------------------------------
     c.model.agent_vectors = False    # agents from camera/LiDAR perception only (the paper's setting)
     c.model.planner.update(dict(num_anchors=20, d_model=256, num_heads=8, num_blocks=2,
                                 mlp_ratio=4, fourier_freqs=8, bev_pool=4))
@@ -70,7 +70,7 @@ def get_config():
                       log_every=50, ckpt_every=1000, eval_scenes=2000))
     # --- ppo at paper scale (stage 3) ----------------------------------------------------------
     # Full DPPO (denoiser + classifier), the paper's setting. The tiny default trains only the
-    # classifier: with its few samples per update, DPPO made the waypoints jerky (tiny.py).
+    # classifier (see the README's stage-3 section).
     c.ppo.update(dict(num_updates=2000, group_size=8, horizon=4, epochs=4, minibatches=8,
                       lr=2e-5, trainable="planner", log_every=10, ckpt_every=100))
     return c

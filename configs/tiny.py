@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.workdir = "runs/tiny"
     c.compilation_cache = True   # XLA persistent compilation cache under <workdir>/.xla_cache
+    # Where earlier stages' checkpoints are looked for when <workdir>/<stage> has none ("": only
+    # the workdir): an ablation of a later stage reuses the default run's IL and RWM.
+    c.previous_stages_dir = ""
 
     # --- data (irlvla_jax/data) -------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
@@ -63,9 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- mesh (irlvla_jax/parallel.py) ----------------------------------------------------------
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))   # -1: all devices on 'data'
     # --- model encoders: vision, 3D reasoning, semantic reasoning (irlvla_jax/models) -------
-    if "model" not in c:
-        c.model = ml_collections.ConfigDict()
-    m = c.model
+    c.model = m = ml_collections.ConfigDict()
     m.dtype = "float32"        # compute dtype ("bfloat16" on accelerators); params stay float32
     m.vision = ml_collections.ConfigDict(dict(
         kind="resnet",             # "resnet" (torchvision layout) or "vit"
@@ -103,7 +104,6 @@ def get_config() -> ml_collections.ConfigDict:
         num_heads=4,
         mlp_dim=128,
         seg_hw=d.sizes.bev_hw,     # BEV semantic logits at the label raster's size
-        weight=1.0,
     ))
     m.semantic = ml_collections.ConfigDict(dict(
         adaptor_tokens=8,          # driving vision adaptor: visual tokens -> this many latents
@@ -111,7 +111,6 @@ def get_config() -> ml_collections.ConfigDict:
         num_meta_tokens=4,         # meta tokens handed to the planner
         out_dim=64,                # width of the meta tokens
         prompt_len=96,             # byte tokens of instruction + command (padded)
-        meta_weight=1.0,
         llm=ml_collections.ConfigDict(dict(
             vocab_size=264,        # byte tokenizer (259) padded to a multiple of 8
             hidden_size=128,
@@ -128,14 +127,10 @@ def get_config() -> ml_collections.ConfigDict:
         )),
     ))
 
-    # --- model.planner + policy switches + il (developer P: models/planner.py, models/policy.py,
-    #     train/il.py) --------------------------------------------------------------------------
-    if "model" not in c:
-        c.model = ml_collections.ConfigDict()
+    # --- model.planner + policy switches (models/planner.py, models/policy.py) + il (train/il.py)
     c.model.use_semantic = True     # False: skip the semantic LM (speed ablation); no meta tokens
     # True: the planner also reads the current frame's agent boxes as tokens (privileged
-    # perception, as it reads the HD-map lanes). Off by default: on the embedded default it did
-    # not raise held-out EPDMS (0.511 vs 0.542 without, 600 IL steps, 16 training logs).
+    # perception, as it reads the HD-map lanes); configs/ablations/agent_vectors.py.
     c.model.agent_vectors = False
     c.model.planner = ml_collections.ConfigDict(dict(
         num_anchors=20, d_model=64, num_heads=4, num_blocks=2, mlp_ratio=2, fourier_freqs=6,
@@ -151,8 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.il = ml_collections.ConfigDict(dict(
         num_steps=1000, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,
         end_lr_factor=0.05,
-        loss_weights=dict(traj_cls=10.0, traj_reg=8.0, det_cls=1.0, det_box=1.0, bev=1.0,
-                          meta=1.0),
+        # trajectory classification / regression, detection (its class/box balance is
+        # model.detection's), BEV semantic map, meta actions (when the semantic LM is on)
+        loss_weights=dict(traj_cls=10.0, traj_reg=8.0, det=1.0, bev=1.0, meta=1.0),
         focal_alpha=0.25, focal_gamma=2.0,
         log_every=10, eval_every=100, ckpt_every=100, keep_ckpts=2,
         eval_batches=4,             # held-out batches per periodic evaluation (-1: whole split)
@@ -202,10 +198,8 @@ def get_config() -> ml_collections.ConfigDict:
         clip_first=0.02, clip_last=0.1, clip_rate=3.0,   # per-denoising-step clip schedule
         clip_mode=0.1,             # clip range of the classifier's mode choice
         # What RL trains: "classifier" (the mode-classification head; the denoiser stays IL) or
-        # "planner" (denoiser + classifier, full DPPO). On the embedded default DPPO updates of
-        # the denoiser made the waypoints jerky (EC 0.62 -> 0.06, held-out EPDMS 0.514 vs IL
-        # 0.527); re-ranking the modes kept EC: 0.561 (RWM) / 0.567 (scorer) after 100 updates,
-        # 0.603 (RWM) after 200.
+        # "planner" (denoiser + classifier, full DPPO: configs/ablations/full_dppo.py). The
+        # README's stage-3 section has the figures behind this default.
         trainable="classifier",
         eta=0.0, sigma_min_sample=0.04, sigma_min_logprob=0.1,   # chain noise = entropy floor
         kl_coef=0.1,               # BC/KL term to the frozen IL policy (ReCogDrive 0.1)

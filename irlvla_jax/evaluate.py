@@ -146,23 +146,6 @@ def evaluate_planners(planners: Mapping[str, Planner], scenes: types.Scene,
 # ---------------------------------------------------------------------------------------------
 # The eval stage
 
-def _policy_planners(config, workdir: str) -> dict[str, Planner]:
-    """The trained policies found under workdir (IL always tried first, then RL)."""
-    found = {}
-    for name, module, sub in (("il_policy", "irlvla_jax.train.il", "il"),
-                              ("rl_policy", "irlvla_jax.train.ppo", "rl")):
-        if not os.path.isdir(os.path.join(workdir, sub)):
-            continue
-        try:
-            mod = __import__(module, fromlist=["load_planner"])
-        except ImportError:
-            continue
-        loader = getattr(mod, "load_planner", None)
-        if loader is not None:
-            found[name] = loader(config, workdir)
-    return found
-
-
 def save_bev_examples(path_prefix: str, scenes: types.Scene, plans: Mapping[str, np.ndarray],
                       count: int = 4) -> list[str]:
     """BEV PNGs of the first ``count`` scenes with every policy's plan."""
@@ -181,23 +164,25 @@ def save_bev_examples(path_prefix: str, scenes: types.Scene, plans: Mapping[str,
 def run(config, workdir: str) -> dict:
     """``python launch.py eval``: every available policy and the baselines on the eval split."""
     from irlvla_jax.data.loader import load_split_numpy
+    from irlvla_jax.train import stage_results
+    policies = stage_results.trained_planners(config, workdir)
+    if not policies:
+        raise SystemExit(f"eval: no trained policy found under {workdir} (looked in il/, "
+                         f"rl/): run `python launch.py il` first (and `python launch.py rl` for "
+                         f"the RL policy), with the same --workdir")
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     limit = config.eval.num_scenes or None
     scenes, metas = load_split_numpy(config, config.data.eval_split, limit=limit)
     planners: dict[str, Planner] = {"human": expert_plan, "constant_velocity":
                                     constant_velocity_plan}
-    policies = _policy_planners(config, workdir)
-    if not policies:
-        raise SystemExit(f"eval: no trained policy found under {workdir} (looked in il/, "
-                         f"rl/): run `python launch.py il` first (and `python launch.py rl` for "
-                         f"the RL policy), with the same --workdir")
     planners.update(policies)
     table, plans = evaluate_planners(planners, scenes, metas=metas)
     result = {"split": config.data.eval_split, "policies": table}
     result["bev"] = save_bev_examples(os.path.join(out_dir, "bev"), scenes,
                                       {k: v for k, v in plans.items() if k != "human"})
-    tracking.write_json(os.path.join(out_dir, "eval.json"), result)
+    if jax.process_index() == 0:
+        tracking.write_json(os.path.join(out_dir, "eval.json"), result)
     tracking.print_table(f"EPDMS on {config.data.eval_split} ({table['human']['num_scenes']} "
                          f"scenes)", table, COLUMNS + ["l2_2s"])
     return result

@@ -69,6 +69,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+    if int(global_batch) < 1:
+        raise ValueError(f"config.data.batch_size = {global_batch}: must be >= 1")
     n = mesh.shape[DATA]
     if global_batch % n:
         raise ValueError(f"global batch {global_batch} is not divisible by the {n} devices on "

@@ -20,11 +20,34 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _drop_records_after(path: str, step: int) -> None:
+    """Keep only the records of ``path`` (JSON lines) up to ``step``; a run that resumes from
+    ``step`` writes the later ones again."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, AttributeError):
+            continue                    # a torn last line of a killed run
+    if len(keep) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+
+
 class MetricWriter:
     """Writes ``metrics.jsonl`` (one JSON object per line: step, wall time, metrics) and
     TensorBoard event files into ``directory``. Only process 0 writes on multi-host runs."""
 
-    def __init__(self, directory: str, enabled: bool | None = None):
+    def __init__(self, directory: str, enabled: bool | None = None, resume_step: int = 0):
+        """resume_step: the step a resumed run restarts from; records written after it by the
+        interrupted run are dropped (JSON lines) or purged (TensorBoard), not repeated."""
         import jax
         self.directory = directory
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
@@ -32,10 +55,13 @@ class MetricWriter:
         self._f = None
         if self.enabled:
             os.makedirs(directory, exist_ok=True)
-            self._f = open(os.path.join(directory, "metrics.jsonl"), "a", buffering=1)
+            path = os.path.join(directory, "metrics.jsonl")
+            _drop_records_after(path, resume_step)
+            self._f = open(path, "a", buffering=1)
             try:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(directory, "tb"))
+                self._tb = SummaryWriter(os.path.join(directory, "tb"),
+                                         purge_step=resume_step + 1 if resume_step else None)
             except ImportError:  # TensorBoard output is optional; JSON lines are not
                 self._tb = None
 

@@ -92,7 +92,7 @@ def test_eval_outputs(setup):
     assert out["traj"].shape == (8, 8, 3) and out["l2"].shape == (8, 4)
     assert bool(jnp.isfinite(out["l2"]).all()) and bool(out["l2_valid"].all())
     assert out["collision"].dtype == jnp.bool_
-    res = il.evaluate(lambda s, b, r: out, state, [(setup["batch"], None)],
+    res = il.evaluate_open_loop(lambda s, b, r: out, state, [(setup["batch"], None)],
                       jax.random.PRNGKey(0))
     assert set(res) >= {"l2_1s", "l2_4s", "l2_avg", "collision_rate", "num_scenes"}
     assert res["num_scenes"] == 8 and 0.0 <= res["collision_rate"] <= 1.0

@@ -18,6 +18,7 @@ from irlvla_jax import parallel, types
 from irlvla_jax.models import reward_model as R
 from irlvla_jax.train import candidates as C
 from irlvla_jax.train import irl
+from irlvla_jax.train import rwm_quality
 
 B = 8
 
@@ -185,7 +186,7 @@ def test_quality_metrics_perfect_vs_baseline():
                 nc_prob=np.eye(3)[np.round(2 * y["y_nc"]).astype(int)],
                 ddc_prob=np.eye(3)[np.round(2 * y["y_ddc"]).astype(int)],
                 ep_pred=y["y_ep"], source=np.asarray([C.EXPERT] + [C.POLICY] * (k - 1)))
-    q = irl.quality_metrics(outs, {"label/epdms": 0.5, "label/dac": 0.7})
+    q = rwm_quality.quality_metrics(outs, {"label/epdms": 0.5, "label/dac": 0.7})
     r, base = q["rwm"], q["mean_baseline"]
     assert r["acc_dac"] == 1.0 and r["auc_dac"] == 1.0 and r["acc_nc"] == 1.0
     assert r["bacc_dac"] == 1.0 and r["bacc_nc"] == 1.0 and r["bacc_ddc"] == 1.0
@@ -203,9 +204,9 @@ def test_expert_ranking_counts_only_pairs_the_scorer_agrees_with():
     # scene 0: policy slot 1 beats the expert by the scorer: only slot 2 counts (won);
     # scene 1: both policy slots count, slot 1 is ranked above the expert (lost).
     pred = np.asarray([[0.5, 0.9, 0.4, 0.0], [0.5, 0.6, 0.1, 0.0]])
-    pw, top = irl._expert_ranking(pred, true, source, ("policy",))
+    pw, top = rwm_quality._expert_ranking(pred, true, source, ("policy",))
     assert pw == pytest.approx(2 / 3) and top == pytest.approx(0.5)
-    pw, top = irl._expert_ranking(np.zeros_like(pred), true, source, ("policy",))
+    pw, top = rwm_quality._expert_ranking(np.zeros_like(pred), true, source, ("policy",))
     assert pw == 0.5 and top == pytest.approx((1 / 2 + 1 / 3) / 2)
 
 
@@ -255,7 +256,7 @@ def test_previous_frame_plan_of_steady_driving_is_extended_comfortable():
 
     @jax.jit
     def both(scene):
-        prev = irl.previous_frame_states(scene)
+        prev = simulate.previous_frame_states(scene)
         cur = jax.vmap(simulate.simulate_plan)(scene, scene.expert_future[:, :8])
         return prev, cur, jax.vmap(comfort.extended_comfort)(cur, prev)
 

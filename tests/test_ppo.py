@@ -15,6 +15,7 @@ from irlvla_jax.models import policy as policy_lib
 from irlvla_jax.models import reward_model as rwm_lib
 from irlvla_jax.train import ppo
 from irlvla_jax.train import rollout as ro
+from irlvla_jax.train import stage_results
 from irlvla_jax.train.state import TrainState
 
 B = 2
@@ -34,7 +35,7 @@ def _config():
 @pytest.fixture(scope="module")
 def setup():
     config = _config()
-    model = policy_lib.VLAPolicy(ppo.rl_model_config(config))
+    model = policy_lib.VLAPolicy(stage_results.rl_model_config(config))
     scene = jax.tree.map(jnp.asarray, ppo_scenes.road_scenes(B, seed=3))
     il_vars = jax.jit(lambda r: policy_lib.init_variables(model, scene, r))(
         jax.random.PRNGKey(0))
@@ -140,12 +141,12 @@ def probe(setup):
 
     @jax.jit
     def fn(params, il_vars, scene, rng, noise_rng):
-        traj, _ = ro.rollout(s["model"], ppo.policy_variables(il_vars, params), scene, rng,
+        traj, _ = ro.rollout(s["model"], stage_results.rl_policy_variables(il_vars, params), scene, rng,
                              s["reward_fn"], num_steps=1, group_size=cfg.group_size)
         tokens = jax.tree.map(lambda x: x[0], traj.tokens)
         chain = jax.tree.map(lambda x: x[0], traj.chain)
         stored = jnp.concatenate([chain.logprob, chain.mode_logprob[:, None]], -1)
-        again, _ = ppo.action_logprobs(s["model"], ppo.policy_variables(il_vars, params),
+        again, _ = ppo.action_logprobs(s["model"], stage_results.rl_policy_variables(il_vars, params),
                                        tokens, chain)
         il_logp, _ = ppo.action_logprobs(s["model"], il_vars, tokens, chain)
         n = stored.shape[0]
@@ -161,7 +162,7 @@ def probe(setup):
                                                           mb, c)[0])(moved)
 
         def kl_only(p):       # the BC/KL term written out on its own
-            lp = ppo.action_logprobs(s["model"], ppo.policy_variables(il_vars, p), tokens,
+            lp = ppo.action_logprobs(s["model"], stage_results.rl_policy_variables(il_vars, p), tokens,
                                      chain)[0]
             return cfg.kl_coef * jnp.mean(jnp.exp(il_logp - lp) - 1.0 - (il_logp - lp))
 

@@ -10,8 +10,8 @@ import ppo_scenes
 from irlvla_jax import geometry
 from irlvla_jax.models import policy as policy_lib
 from irlvla_jax.sim import comfort, simulate, trajectory
-from irlvla_jax.train import ppo
 from irlvla_jax.train import rollout as ro
+from irlvla_jax.train import stage_results
 
 T, G, B = 3, 2, 2
 
@@ -23,7 +23,7 @@ def progress_reward(scene, plans, tokens, ec):
 @pytest.fixture(scope="module")
 def loop():
     config = ppo_scenes.small_config()
-    model = policy_lib.VLAPolicy(ppo.rl_model_config(config))
+    model = policy_lib.VLAPolicy(stage_results.rl_model_config(config))
     scene = jax.tree.map(jnp.asarray, ppo_scenes.road_scenes(B))
     variables = jax.jit(lambda r: policy_lib.init_variables(model, scene, r))(
         jax.random.PRNGKey(0))

@@ -124,12 +124,6 @@ class SemanticReasoner(nn.Module):
         return meta_tokens, logits.astype(jnp.float32)
 
 
-def meta_action_loss(logits: jax.Array, meta_action: jax.Array) -> jax.Array:
-    """logits [B, NUM_META_ACTIONS], meta_action [B] int -> mean cross-entropy []."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, meta_action[:, None].astype(jnp.int32), -1))
-
-
 # ----------------------------------------------------------------------------------------------
 # HuggingFace LLaMA / Qwen2 checkpoints
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import time
 from typing import Callable, Iterable
 
 import jax
@@ -51,8 +50,8 @@ def il_loss(model: policy_lib.VLAPolicy, config, params, model_state, batch: typ
     """Total IL loss of a batch and its parts.
 
     batch: Scene with a leading [B] axis. Returns (loss [], metrics dict of [] arrays).
-    Weights: ``config.il.loss_weights`` (traj_cls, traj_reg); detection, BEV and meta-action
-    parts carry their own weights from ``config.model.detection`` / ``.map`` / ``.semantic``.
+    Weights: ``config.il.loss_weights`` (traj_cls, traj_reg, det, bev, meta); inside the
+    detection loss, class vs box terms are weighted by ``config.model.detection``.
     """
     mcfg, w = config.model, config.il.loss_weights
     noise_rng, dropout_rng = jax.random.split(rng)
@@ -79,12 +78,12 @@ def il_loss(model: policy_lib.VLAPolicy, config, params, model_state, batch: typ
                                                 *gt, mcfg.detection)
     l_bev = det_lib.map_loss(tokens.aux["seg_logits"], batch.bev_semantic)
 
-    total = w.traj_cls * l_cls + w.traj_reg * l_reg + l_det + mcfg.map.weight * l_bev
+    total = w.traj_cls * l_cls + w.traj_reg * l_reg + w.det * l_det + w.bev * l_bev
     metrics = {"traj_cls": l_cls, "traj_l1": l_reg, "det": l_det, "bev_ce": l_bev,
                "mode_acc": losses.accuracy(logits, target), **det_metrics}
     if tokens.meta_logits is not None:
         l_meta = losses.cross_entropy(tokens.meta_logits, batch.meta_action)
-        total = total + mcfg.semantic.meta_weight * l_meta
+        total = total + w.meta * l_meta
         metrics.update(meta_ce=l_meta, meta_acc=losses.accuracy(tokens.meta_logits,
                                                                  batch.meta_action))
     metrics["loss"] = total
@@ -152,47 +151,34 @@ def make_eval_step(model: policy_lib.VLAPolicy, config, mesh=None) -> Callable:
     return jax.jit(eval_step, in_shardings=(rep, dat, rep), out_shardings=dat)
 
 
-def make_epdms_fn(mesh=None) -> Callable | None:
-    """Jitted ``(batch Scene [B], traj [B,8,3]) -> EPDMS [B]`` with the JAX NAVSIM v2 scorer, or
-    None while ``irlvla_jax.sim.scorer`` is not available."""
-    try:
-        from irlvla_jax.sim import scorer
-    except ImportError:
-        return None
-
-    def epdms(batch, traj):
-        sub, _ = scorer.score(batch, traj[:, None])
-        return sub.epdms()[:, 0]
-    if mesh is None:
-        return jax.jit(epdms)
-    dat = parallel.data_sharding(mesh)
-    return jax.jit(epdms, in_shardings=(dat, dat), out_shardings=dat)
-
-
-def evaluate(eval_step: Callable, state: TrainState, batches: Iterable, rng: jax.Array,
-             epdms_fn: Callable | None = None) -> dict[str, float]:
-    """Aggregate open-loop metrics (and EPDMS when ``epdms_fn`` is given) over ``batches`` of
-    ``(Scene, metas)``."""
-    l2_sum, l2_cnt = np.zeros(len(L2_HORIZONS_S)), np.zeros(len(L2_HORIZONS_S))
-    coll, n, epdms = 0.0, 0, []
+def evaluate_open_loop(eval_step: Callable, state: TrainState, batches: Iterable,
+                       rng: jax.Array, epdms_fn: Callable | None = None) -> dict[str, float]:
+    """The IL policy's held-out open-loop metrics: L2 to the expert at 1-4 s, collision rate
+    and (with ``epdms_fn(batch, traj [B,8,3]) -> [B]``) EPDMS without EC, over ``batches`` of
+    ``(Scene, metas)``. Per-batch results stay on device until the end (one transfer)."""
+    outs, scores = [], []
     for i, (batch, _) in enumerate(batches):
         dev_out = eval_step(state, batch, jax.random.fold_in(rng, i))
         if epdms_fn is not None:
-            epdms.append(np.asarray(jax.device_get(epdms_fn(batch, dev_out["traj"]))))
-        out = jax.device_get(dev_out)
+            scores.append(epdms_fn(batch, dev_out["traj"]))
+        outs.append({k: dev_out[k] for k in ("l2", "l2_valid", "collision")})
+    if not outs:
+        raise ValueError("evaluate_open_loop: the evaluation split yielded no batches")
+    outs, scores = jax.device_get((outs, scores))
+    l2_sum, l2_cnt = np.zeros(len(L2_HORIZONS_S)), np.zeros(len(L2_HORIZONS_S))
+    coll, n = 0.0, 0
+    for out in outs:
         v = np.asarray(out["l2_valid"], np.float64)
         l2_sum += (np.asarray(out["l2"]) * v).sum(0)
         l2_cnt += v.sum(0)
         coll += float(np.sum(out["collision"]))
         n += int(np.shape(out["collision"])[0])
-    if n == 0:
-        raise ValueError("evaluate: the evaluation split yielded no batches")
     res = {f"l2_{int(h)}s": float(s / max(c, 1)) for h, s, c in zip(L2_HORIZONS_S, l2_sum, l2_cnt)}
     res["l2_avg"] = float(np.mean([res[f"l2_{int(h)}s"] for h in L2_HORIZONS_S]))
     res["collision_rate"] = coll / n
     res["num_scenes"] = n
-    if epdms:
-        res["epdms"] = float(np.concatenate(epdms).mean())
+    if scores:
+        res["epdms"] = float(np.concatenate([np.asarray(x) for x in scores]).mean())
     return res
 
 
@@ -232,19 +218,18 @@ def create_state(model: policy_lib.VLAPolicy, config, rng: jax.Array,
 
 # ----------------------------------------------------------------------------------------------
 def run(config, workdir: str) -> dict:
-    """Train (resuming from the latest checkpoint), evaluate, write ``<workdir>/il/eval.json``.
+    """``python launch.py il``: train (resuming from the latest checkpoint) through the stage
+    loop, evaluate on the held-out split, write ``<workdir>/il/eval.json``.
 
     Returns the final evaluation dict.
     """
-    from tqdm import tqdm
-
-    from irlvla_jax.checkpoint import Checkpointer
+    from irlvla_jax import evaluate
     from irlvla_jax.data import loader
-    from irlvla_jax.tracking import MetricWriter, write_json
+    from irlvla_jax.train import loop
 
     icfg = config.il
+    spec = loop.LoopSpec.of("il", icfg, samples_per_step=config.data.batch_size)
     out_dir = os.path.join(workdir, "il")
-    os.makedirs(out_dir, exist_ok=True)
     mesh = parallel.make_mesh(config.mesh)
     parallel.check_batch_divisible(config.data.batch_size, mesh)
     model = policy_lib.VLAPolicy(config.model)
@@ -253,77 +238,37 @@ def run(config, workdir: str) -> dict:
 
     anchors = load_or_compute_anchors(config)
     state = create_state(model, config, init_rng, anchors)
-    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), icfg.keep_ckpts, icfg.ckpt_every)
-    restored = ckpt.restore_latest(state)
-    start = 0
-    if restored is not None:
-        state, start, _ = restored
-        log.info("il: resumed from step %d", start)
-    state = parallel.replicate(state, mesh)
-
     train_step = make_train_step(model, config, mesh)
     eval_step = make_eval_step(model, config, mesh)
+    scorer = evaluate.jitted_scorer(mesh)
+
+    def epdms_fn(batch, traj):
+        sub, _ = scorer(batch, traj[:, None])       # no previous frame: EC does not count
+        return sub.epdms()[:, 0]
 
     def eval_batches(limit):
         it = loader.make_loader(config, config.data.eval_split, mesh, seed=config.seed,
                                 shuffle=False, num_epochs=1)
         return itertools.islice(it, limit if limit >= 0 else None)
 
-    epdms_fn = make_epdms_fn(mesh)
-    if epdms_fn is None:
-        log.warning("il: EPDMS is not available yet (irlvla_jax.sim.scorer.score missing); "
-                    "evaluating L2 and collision rate only")
-    writer = MetricWriter(out_dir)
-    batches = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed,
-                                 shuffle=config.data.shuffle, start_step=start)
-    t0, seen = time.time(), 0
-    with tqdm(total=icfg.num_steps, initial=start, desc="il", dynamic_ncols=True) as bar:
-        for step in range(start, icfg.num_steps):
-            batch, _ = next(batches)
-            state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
-            seen += config.data.batch_size
-            done = step + 1
-            if done % icfg.log_every == 0 or done == icfg.num_steps:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                m["samples_per_s"] = seen / max(time.time() - t0, 1e-9)
-                t0, seen = time.time(), 0
-                writer.write(done, m)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", l1=f"{m['traj_l1']:.2f}")
-            if done % icfg.eval_every == 0 and done < icfg.num_steps:
-                ev = evaluate(eval_step, state, eval_batches(icfg.eval_batches), eval_rng,
-                              epdms_fn)
-                writer.write(done, {f"eval/{k}": v for k, v in ev.items()})
-            ckpt.save(done, state, {"stage": "il", "anchors_file": anchors_lib.anchor_path(config)},
-                      force=done == icfg.num_steps)
-            bar.update(1)
-    ckpt.wait()
-    final = evaluate(eval_step, state, eval_batches(icfg.final_eval_batches), eval_rng,
-                     epdms_fn)
-    final["step"] = int(jax.device_get(state.step))
-    writer.write(final["step"], {f"eval/{k}": v for k, v in final.items()})
-    writer.close()
-    ckpt.close()
-    write_json(os.path.join(out_dir, "eval.json"), final)
-    return final
+    def batches(start):
+        it = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed,
+                                shuffle=config.data.shuffle, start_step=start)
+        return (batch for batch, _ in it)
 
+    def final_eval(st):
+        ev = evaluate_open_loop(eval_step, st, eval_batches(icfg.final_eval_batches), eval_rng,
+                                epdms_fn)
+        ev["step"] = int(jax.device_get(st.step))
+        return ev
 
-def load_planner(config, workdir: str) -> Callable[[types.Scene], np.ndarray]:
-    """The latest IL checkpoint under ``<workdir>/il`` as a deterministic planner for
-    ``irlvla_jax.evaluate``: Scene [B] (numpy or jax) -> np.ndarray [B,8,3] (DDIM means, the
-    classifier's best mode)."""
-    from irlvla_jax.checkpoint import Checkpointer
-    ckpt_dir = os.path.join(workdir, "il", "checkpoints")
-    ckpt = Checkpointer(ckpt_dir)
-    if ckpt.latest_step is None:
-        raise FileNotFoundError(f"no IL checkpoint under {ckpt_dir}; run `python launch.py il`")
-    model = policy_lib.VLAPolicy(config.model)
-    abstract = jax.eval_shape(lambda r: create_state(model, config, r), jax.random.PRNGKey(0))
-    state, _, _ = ckpt.restore_latest(abstract)
-    variables = variables_of(state)
-
-    @jax.jit
-    def plan(v, scene):
-        tokens = policy_lib.encode(model, v, scene)
-        return policy_lib.plan(model, v, tokens, jax.random.PRNGKey(0), stochastic=False).traj
-
-    return lambda scene: np.asarray(plan(variables, jax.tree.map(jnp.asarray, scene)))
+    result = loop.run(
+        spec, out_dir, train_step, state, batches, step_rng, config=config,
+        place=lambda s: parallel.replicate(s, mesh),
+        ckpt_extra={"anchors_file": anchors_lib.anchor_path(config)},
+        periodic_eval=lambda st, step: evaluate_open_loop(
+            eval_step, st, eval_batches(icfg.eval_batches), eval_rng, epdms_fn),
+        final_eval=final_eval,
+        postfix=lambda m: {"loss": f"{m['loss']:.3f}", "l1": f"{m['traj_l1']:.2f}"})
+    loop.write_result(os.path.join(out_dir, "eval.json"), result.final)
+    return result.final

@@ -9,8 +9,8 @@ One jitted step per batch of scenes (batch on the mesh's 'data' axis):
      perturbed experts (``candidates.py``);
   2. labels: the JAX EPDMS scorer on every candidate, on device, every step (no label files;
      one program with the update when ``irl.fuse_step``, else its own compiled program). EC
-     needs the plan made 0.5 s earlier: the expert's, re-expressed in the t = -0.5 s frame
-     (``scene_ops.previous_frame_plan``) and simulated from that frame's logged state;
+     needs the plan made 0.5 s earlier: the expert's, re-expressed in the t = -0.5 s frame and
+     simulated from that frame's logged state (``sim.scorer.scorer_labels``);
   3. loss: per-metric CE (NC, DDC: 3 classes) / BCE (DAC, TLC, TTC, LK, HC, EC) / soft-target
      BCE on the sigmoid (EP), class-balanced within the batch (``irl.balance``,
      ``balance_power``) with a matching logit adjustment (``irl.calibrate``) so that the heads'
@@ -20,7 +20,7 @@ One jitted step per batch of scenes (batch on the mesh's 'data' axis):
      predicted-reward margin ``r(expert) - r(candidate)`` and a max-entropy IRL term
      ``-log softmax(r / T)[expert]`` over the expert and those candidates.
 Outputs under ``<workdir>/irl``: orbax checkpoints (resume), metrics.jsonl + TensorBoard,
-eval.json (held-out quality vs a training-mean baseline, :func:`quality_metrics`), printed as a
+eval.json (held-out quality vs a training-mean baseline, ``rwm_quality.quality_metrics``), printed as a
 table, and eval_outputs.npz (the held-out predictions and labels behind it).
 """
 
@@ -33,46 +33,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
 
-from irlvla_jax import parallel, scene_ops, tracking, types
-from irlvla_jax.checkpoint import Checkpointer
+from irlvla_jax import parallel, tracking, types
 from irlvla_jax.models import reward_model as rwm_lib
+from irlvla_jax.sim.scorer import scorer_labels
 from irlvla_jax.train import candidates as cand_lib
+from irlvla_jax.train import loop, rwm_quality, stage_results
 from irlvla_jax.train.state import TrainState, make_optimizer
 
 LabelFn = Callable[[types.Scene, jax.Array], types.SubScores]
-THREE_CLASS = ("nc", "ddc")
-
-
-# ----------------------------------------------------------------------------------------------
-# Labels: the EPDMS scorer, with the previous frame's plan for EC.
-
-def previous_frame_states(scene: types.Scene):
-    """Simulated states of the expert's plan made 0.5 s earlier, in that frame.
-
-    scene [B] -> [B,41,11]. The plan is ``scene_ops.previous_frame_plan``; the initial state is
-    the logged body-frame velocity/acceleration at t = -0.5 s (history row 2). EC compares
-    frame-invariant features only, so the frame does not matter to the scorer.
-    """
-    from irlvla_jax.sim import simulate, trajectory
-
-    def one(s):
-        plan = scene_ops.previous_frame_plan(s)
-        init = jnp.zeros((trajectory.STATE_DIM,), jnp.float32)
-        S = trajectory.StateIndex
-        v, a = s.ego_history_velocity[-2], s.ego_history_acceleration[-2]
-        init = init.at[S.VX].set(v[0]).at[S.VY].set(v[1]).at[S.AX].set(a[0]).at[S.AY].set(a[1])
-        return simulate.simulate(trajectory.reference_poses(plan), init)
-    return jax.vmap(one)(scene)
-
-
-def scorer_labels(scene: types.Scene, trajs) -> types.SubScores:
-    """NAVSIM v2 sub-scores of every candidate: scene [B], trajs [B,K,8,3] -> SubScores [B,K]
-    (human filter on, EC against the previous frame's expert plan, EC weight = has_previous)."""
-    from irlvla_jax.sim import scorer
-    sub, _ = scorer.score(scene, trajs, previous_frame_states(scene), human_filter=True)
-    return jax.lax.stop_gradient(sub)
+THREE_CLASS = rwm_quality.THREE_CLASS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,138 +317,13 @@ def jit_eval_step(step, fuse: bool = True, train_step=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Held-out metrics (host side)
+# Held-out evaluation
 
-def _auc(score, y):
-    """ROC AUC via the Mann-Whitney statistic; NaN when only one class is present."""
-    y = np.asarray(y) > 0.5
-    npos, nneg = int(y.sum()), int((~y).sum())
-    if npos == 0 or nneg == 0:
-        return float("nan")
-    ranks = scipy.stats.rankdata(score)
-    return float((ranks[y].sum() - npos * (npos + 1) / 2) / (npos * nneg))
-
-
-def _spearman_per_scene(pred, true):
-    """Mean over scenes of Spearman's rho between pred [N,K] and true [N,K]; a constant
-    prediction (or truth) ranks nothing: rho counts as 0 there."""
-    rhos = []
-    for p, t in zip(pred, true):
-        if np.ptp(t) == 0:
-            continue                   # nothing to rank: the scene does not count
-        rhos.append(0.0 if np.ptp(p) == 0 else float(scipy.stats.spearmanr(p, t)[0]))
-    return float(np.mean(rhos)) if rhos else float("nan")
-
-
-def _regret(pred, true):
-    """Mean over scenes of best true EPDMS minus the true EPDMS of the predicted best; ties of
-    the prediction are broken uniformly (expected regret), so a constant predictor is not
-    credited with the slot order."""
-    best = true.max(-1)
-    top = pred >= pred.max(-1, keepdims=True) - 1e-9
-    chosen = (true * top).sum(-1) / top.sum(-1)
-    return float(np.mean(best - chosen))
-
-
-def _balanced_accuracy(pred, y, num_classes):
-    """Mean over the classes present in y of the recall of that class (int arrays)."""
-    recalls = [np.mean(pred[y == c] == c) for c in range(num_classes) if np.any(y == c)]
-    return float(np.mean(recalls)) if recalls else float("nan")
-
-
-def _expert_ranking(pred, true, source, sources):
-    """How the predicted reward ranks the expert (slot 0) against the candidates of
-    ``sources`` that the scorer ranks no higher than it (true[j] <= true[expert]).
-
-    pred, true [N,K], source [K]. Returns (pairwise, scene_top):
-      pairwise  fraction of those (expert, j) pairs with pred[expert] > pred[j], ties 1/2
-                (0.5 for a constant predictor);
-      scene_top mean over scenes with at least one such j of the probability that the
-                expert comes first among itself and them by pred, ties broken uniformly
-                (1 / (1 + n) for a constant predictor).
-    """
-    cand = np.isin(source, [cand_lib.SOURCE_NAMES.index(s) for s in sources]) & \
-        (source != cand_lib.EXPERT)
-    pairs = cand[None] & (true[:, :1] >= true)                             # [N,K]
-    if not pairs.any():
-        return float("nan"), float("nan")
-    gap = pred[:, :1] - pred
-    win = np.where(gap > 1e-9, 1.0, np.where(gap >= -1e-9, 0.5, 0.0))
-    pairwise = float((win * pairs).sum() / pairs.sum())
-    tops = []
-    for g, pr in zip(gap, pairs):
-        if not pr.any():
-            continue
-        if (g[pr] < -1e-9).any():
-            tops.append(0.0)
-        else:
-            tops.append(1.0 / (1 + int((np.abs(g[pr]) <= 1e-9).sum())))
-    return pairwise, float(np.mean(tops))
-
-
-def quality_metrics(outs: Mapping[str, np.ndarray], train_means: Mapping[str, float] | None = None
-                    ) -> dict[str, dict[str, float]]:
-    """Held-out quality of the RWM and of the training-mean baseline.
-
-    outs: the eval step's arrays concatenated over scenes ([N,K] ...), plus ``source`` [K].
-    train_means: the ``label/*`` statistics of training. Returns {"rwm": {...},
-    "mean_baseline": {...}} with, per binary metric, acc_ (decision p > 0.5), bacc_ (balanced
-    accuracy: mean recall of pass and fail, decision p > the training pass rate, the Bayes
-    decision for it) and auc_; for NC and DDC acc_ (argmax of the probabilities) and bacc_
-    (argmax of p / training class frequency); mae_ep; over the predicted EPDMS mae_epdms,
-    spearman (per scene, over its candidates), regret; and how the reward ranks the expert
-    against the policy samples (expert_vs_policy pairwise, expert_top_policy per scene) and
-    against all candidates (expert_vs_all, expert_top_all) that the scorer ranks no higher
-    than the expert (:func:`_expert_ranking`). The baseline predicts the training means: the
-    majority class for accuracy, a constant (AUC 0.5, balanced accuracy 1 / classes present).
-    """
-    rows = {"rwm": {}, "mean_baseline": {}}
-    tm = dict(train_means or {})
-    for i, n in enumerate(rwm_lib.BINARY_METRICS):
-        y = outs[f"y_{n}"]
-        mask = outs["ec_weight"] > 0 if n == "ec" else np.ones(y.shape, bool)
-        if not mask.any():
-            continue
-        p, yy = outs["binary_prob"][..., i][mask], y[mask] > 0.5
-        prior = tm.get(f"label/{n}", float(np.mean(yy)))
-        rows["rwm"][f"acc_{n}"] = float(np.mean((p > 0.5) == yy))
-        rows["rwm"][f"bacc_{n}"] = _balanced_accuracy((p > prior).astype(int), yy.astype(int), 2)
-        rows["rwm"][f"auc_{n}"] = _auc(p, yy)
-        const = np.full(yy.shape, int(prior > 0.5))
-        rows["mean_baseline"][f"acc_{n}"] = float(np.mean(const == yy))
-        rows["mean_baseline"][f"bacc_{n}"] = _balanced_accuracy(const, yy.astype(int), 2)
-        rows["mean_baseline"][f"auc_{n}"] = 0.5 if 0 < yy.mean() < 1 else float("nan")
-    for n in THREE_CLASS:
-        y = np.clip(np.round(2 * outs[f"y_{n}"]), 0, 2).astype(int)
-        prob = outs[f"{n}_prob"]
-        freqs = np.asarray([tm.get(f"label/{n}_class{c}", 0.0) for c in range(3)])
-        if freqs.sum() <= 0:
-            freqs = np.bincount(y.ravel(), minlength=3) / y.size
-        balanced = np.argmax(prob / np.maximum(freqs, 1e-3), -1)
-        rows["rwm"][f"acc_{n}"] = float(np.mean(np.argmax(prob, -1) == y))
-        rows["rwm"][f"bacc_{n}"] = _balanced_accuracy(balanced, y, 3)
-        const = np.full(y.shape, int(np.argmax(freqs)))
-        rows["mean_baseline"][f"acc_{n}"] = float(np.mean(const == y))
-        rows["mean_baseline"][f"bacc_{n}"] = _balanced_accuracy(const, y, 3)
-    rows["rwm"]["mae_ep"] = float(np.mean(np.abs(outs["ep_pred"] - outs["y_ep"])))
-    rows["mean_baseline"]["mae_ep"] = float(np.mean(np.abs(
-        tm.get("label/ep", float(np.mean(outs["y_ep"]))) - outs["y_ep"])))
-    const = np.full_like(outs["true"], tm.get("label/epdms", 0.0))
-    source = outs.get("source")
-    for name, pred in (("rwm", outs["reward"]), ("mean_baseline", const)):
-        rows[name]["mae_epdms"] = float(np.mean(np.abs(pred - outs["true"])))
-        rows[name]["spearman"] = _spearman_per_scene(pred, outs["true"])
-        rows[name]["regret"] = _regret(pred, outs["true"])
-        if source is not None:
-            for tag, srcs in (("policy", ("policy",)), ("all", ("vocab", "policy", "perturb"))):
-                pw, top = _expert_ranking(pred, outs["true"], np.asarray(source), srcs)
-                rows[name][f"expert_vs_{tag}"], rows[name][f"expert_top_{tag}"] = pw, top
-    return rows
-
-
-def evaluate(eval_step, params, frozen, batches, rng, train_means=None, dump: str | None = None):
-    """Run ``eval_step`` over ``batches`` (iterable of Scene [B]) -> quality_metrics dict;
-    with ``dump`` the concatenated arrays are also saved there (.npz) for inspection."""
+def evaluate_reward_model(eval_step, params, frozen, batches, rng, train_means=None,
+                          dump: str | None = None):
+    """The RWM's held-out quality: run ``eval_step`` over ``batches`` (iterable of Scene [B])
+    -> :func:`rwm_quality.quality_metrics` dict; with ``dump`` the concatenated arrays are
+    also saved there (.npz, process 0) for inspection."""
     outs: dict[str, list] = {}
     source = None
     for i, scene in enumerate(batches):
@@ -491,9 +336,9 @@ def evaluate(eval_step, params, frozen, batches, rng, train_means=None, dump: st
     cat = {k: np.concatenate(v) for k, v in outs.items()}
     if source is not None:
         cat["source"] = source
-    if dump:
+    if dump and loop.is_main_process():
         np.savez_compressed(dump, **cat)
-    result = quality_metrics(cat, train_means)
+    result = rwm_quality.quality_metrics(cat, train_means)
     result["rwm"]["num_scenes"] = result["mean_baseline"]["num_scenes"] = int(cat["true"].shape[0])
     return result
 
@@ -509,74 +354,26 @@ def init_state(config, model: rwm_lib.RewardModel, example_scene: types.Scene, r
 
 
 def train(config, workdir: str, step_fn, state: TrainState, frozen, batches: Callable[[int], Iterator],
-          *, rng: jax.Array, show_progress: bool = True):
-    """Run ``step_fn`` from the latest checkpoint in ``<workdir>/irl`` to ``irl.num_steps``.
+          *, rng: jax.Array, place: Callable | None = None, show_progress: bool = True):
+    """Run ``step_fn`` through the stage loop (``loop.run``) from the latest checkpoint in
+    ``<workdir>/irl`` to ``irl.num_steps``.
 
-    batches(start_step) -> iterator of Scene batches starting at that step (deterministic, so
-    a resumed run sees the same data as an uninterrupted one); the step's rng is
-    ``fold_in(rng, step)``. Returns (state, running label means for the baseline).
+    batches(start_step) -> iterator of Scene batches from that step on (deterministic, so a
+    resumed run sees the same data as an uninterrupted one); the step's rng is
+    ``fold_in(rng, step)``. Returns (state, the label means over all steps: the training-mean
+    baseline's statistics).
     """
-    from tqdm import tqdm
-    icfg = config.irl
-    out_dir = os.path.join(workdir, "irl")
-    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=icfg.keep_ckpts)
-    start, means = 0, {}
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, start, extra = restored
-        means = dict(extra.get("label_means", {}))
-    writer = tracking.MetricWriter(out_dir)
-    sums = {k: v * start for k, v in means.items()}
-    it = batches(start)
-    bar = tqdm(range(start, icfg.num_steps), initial=start, total=icfg.num_steps, desc="irl",
-               disable=not show_progress)
-    for step in bar:
-        state, metrics = step_fn(state, frozen, next(it), jax.random.fold_in(rng, step))
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        for k, v in m.items():
-            if k.startswith("label/"):
-                sums[k] = sums.get(k, 0.0) + v
-        means = {k: v / (step + 1) for k, v in sums.items()}
-        if (step + 1) % icfg.log_every == 0 or step + 1 == icfg.num_steps:
-            writer.write(step + 1, m)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", pref=f"{m['expert_preferred']:.2f}")
-        if (step + 1) % icfg.ckpt_every == 0 or step + 1 == icfg.num_steps:
-            ckpt.save(step + 1, state, {"label_means": means}, force=True)
-    writer.close()
-    ckpt.close()
-    return state, means
+    result = loop.run(
+        loop.LoopSpec.of("irl", config.irl, samples_per_step=config.data.batch_size),
+        os.path.join(workdir, "irl"), lambda st, scene, r: step_fn(st, frozen, scene, r),
+        state, batches, rng, config=config, place=place, running_means="label/",
+        postfix=lambda m: {"loss": f"{m['loss']:.3f}", "pref": f"{m['expert_preferred']:.2f}"},
+        show_progress=show_progress)
+    return result.state, result.running_means
 
 
 # ----------------------------------------------------------------------------------------------
 # The stage
-
-def load_il_policy(config, workdir: str):
-    """The frozen stage-1 policy from ``<workdir>/il``: (model, variables with anchors).
-
-    Fails with a clear message when stage 1 has not run.
-    """
-    from irlvla_jax.models import anchors as anchors_lib
-    from irlvla_jax.models import policy as policy_lib
-    il_dir = os.path.join(workdir, "il")
-    ckpt_dir = next((d for d in (os.path.join(il_dir, "checkpoints"), il_dir)
-                     if os.path.isdir(d) and Checkpointer(d).latest_step is not None), None)
-    if ckpt_dir is None:
-        raise SystemExit(f"irl: no stage-1 checkpoint under {il_dir}; run `python launch.py il` "
-                         f"first (stage 2 samples candidates from the IL policy)")
-    model = policy_lib.VLAPolicy(config.model)
-    ck = Checkpointer(ckpt_dir)
-    # Restored as saved (no abstract target): stage 1's optimizer state is not needed here.
-    raw, _, extra = ck.restore(ck.latest_step, None)
-    get = (lambda k: raw[k]) if isinstance(raw, dict) else (lambda k: getattr(raw, k))
-    # Stage 1's TrainState: params + model_state (the anchors and any other collections).
-    variables = {"params": get("params"), **dict(get("model_state") or {})}
-    variables = jax.tree.map(jnp.asarray, variables)
-    if "anchors" not in variables:
-        path = extra.get("anchors_file") or anchors_lib.anchor_path(config)
-        variables = policy_lib.set_anchors(variables, anchors_lib.load_anchors(
-            path, config.model.planner.num_anchors))
-    return model, variables
-
 
 def make_policy_fn(policy_model, num: int):
     """Samples of the frozen policy: ``num`` modes of one stochastic DDIM chain per scene, the
@@ -608,7 +405,8 @@ def run(config, workdir: str) -> dict:
     """
     from irlvla_jax.data import loader
     icfg = config.irl
-    policy_model, policy_vars = load_il_policy(config, workdir)
+    policy_model, policy_vars = stage_results.load_il_policy(
+        config, workdir, "irl: stage 2 samples candidates from the IL policy")
     mesh = parallel.make_mesh(config.mesh)
     model = rwm_lib.RewardModel(config.rwm)
     policy_fn = make_policy_fn(policy_model, icfg.num_policy) if icfg.num_policy > 0 else None
@@ -626,7 +424,6 @@ def run(config, workdir: str) -> dict:
     k_init, k_train, k_eval = jax.random.split(rng, 3)
     state = init_state(config, model, example, k_init, tokens)
     frozen = parallel.replicate(frozen, mesh)
-    state = parallel.replicate(state, mesh)
     fuse = bool(icfg.get("fuse_step", False))
     train_step = make_train_step(config, model, scorer_labels, policy_fn)
     step_fn = jit_train_step(train_step, mesh, fuse=fuse)
@@ -636,14 +433,16 @@ def run(config, workdir: str) -> dict:
                                 shuffle=config.data.shuffle, start_step=start)
         return (scene for scene, _ in it)
 
-    state, means = train(config, workdir, step_fn, state, frozen, batches, rng=k_train)
+    state, means = train(config, workdir, step_fn, state, frozen, batches, rng=k_train,
+                         place=lambda st: parallel.replicate(st, mesh))
     eval_step = jit_eval_step(make_eval_step(config, model, scorer_labels, policy_fn), fuse,
                               train_step)
     limit = None if icfg.eval_scenes < 0 else icfg.eval_scenes
-    result = evaluate(eval_step, state.params, frozen, _eval_batches(config, limit), k_eval, means,
-                      dump=os.path.join(workdir, "irl", "eval_outputs.npz"))
+    result = evaluate_reward_model(eval_step, state.params, frozen, _eval_batches(config, limit),
+                                   k_eval, means,
+                                   dump=os.path.join(workdir, "irl", "eval_outputs.npz"))
     result["train_label_means"] = means
-    tracking.write_json(os.path.join(workdir, "irl", "eval.json"), result)
+    loop.write_result(os.path.join(workdir, "irl", "eval.json"), result)
     names = [k for k in result["rwm"] if k != "num_scenes"]
     tracking.print_table(f"RWM held-out quality ({result['rwm']['num_scenes']} scenes)",
                          {n: {"rwm": result["rwm"][n], "mean_baseline":

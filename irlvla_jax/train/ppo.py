@@ -33,28 +33,23 @@ still the policy's tokens during the update, and the RWM is never trained.
 
 from __future__ import annotations
 
-import copy
-import logging
 import os
-import time
 from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from irlvla_jax import parallel, tracking, types
 from irlvla_jax.models import policy as policy_lib
 from irlvla_jax.models import reward_model as rwm_lib
 from irlvla_jax.models.planner import Chain, SceneTokens
+from irlvla_jax.sim import scorer, simulate
 from irlvla_jax.train import advantages as adv_lib
+from irlvla_jax.train import loop, stage_results
 from irlvla_jax.train import rollout as rollout_lib
 from irlvla_jax.train.state import TrainState, make_optimizer
-
-log = logging.getLogger(__name__)
-
 
 # ----------------------------------------------------------------------------------------------
 # Value head.
@@ -79,34 +74,6 @@ class ValueHead(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # Models and variables.
-
-def rl_model_config(config):
-    """``config.model`` with the planner's chain noise (eta, sigma floors) taken from
-    ``config.ppo``: RL samples and re-evaluates chains with the same floors."""
-    m = copy.deepcopy(config.model)
-    with m.unlocked() if hasattr(m, "unlocked") else _nullcontext():
-        m.planner.eta = float(config.ppo.eta)
-        m.planner.sigma_min_sample = float(config.ppo.sigma_min_sample)
-        m.planner.sigma_min_logprob = float(config.ppo.sigma_min_logprob)
-    return m
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def policy_variables(frozen_policy: Mapping[str, Any], params: Mapping[str, Any]) -> dict:
-    """The policy's variables with the trained planner: frozen IL variables
-    (``{'params', 'anchors', ...}``) whose ``params['planner']`` is replaced by
-    ``params['planner']``."""
-    p = dict(frozen_policy["params"])
-    p["planner"] = params["planner"]
-    return {**frozen_policy, "params": p}
-
 
 def init_state(config, frozen_policy: Mapping[str, Any], tokens: SceneTokens, rng: jax.Array
                ) -> TrainState:
@@ -157,9 +124,7 @@ def make_reward_fn(rwm_model: rwm_lib.RewardModel | None, rwm_params, use_scorer
             pred = rwm_lib.apply(rwm_model, rwm_params, scene, plans[:, None], pt)
             out["rwm"] = epdms(jax.tree.map(lambda x: x[:, 0], pred.subscores(log_w)))
         if use_scorer:
-            from irlvla_jax.sim import scorer
-            from irlvla_jax.train.irl import previous_frame_states
-            sub, _ = scorer.score(scene, plans[:, None], previous_frame_states(scene))
+            sub, _ = scorer.score(scene, plans[:, None], simulate.previous_frame_states(scene))
             out["scorer"] = epdms(jax.tree.map(lambda x: x[:, 0], sub))
         return out
     return fn
@@ -203,7 +168,7 @@ def action_logprobs(model, variables, tokens: SceneTokens, chain: Chain
 def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
              ) -> tuple[jax.Array, dict]:
     """DPPO loss of a minibatch (scalar) and its metrics. cfg = ``config.ppo``."""
-    variables = policy_variables(frozen_policy, params)
+    variables = stage_results.rl_policy_variables(frozen_policy, params)
     logp, entropy = action_logprobs(model, variables, mb.tokens, mb.chain)        # [R,S+1]
     s = logp.shape[-1] - 1
     adv = jnp.concatenate([adv_lib.chain_advantages(mb.adv, s, cfg.gamma_denoise),
@@ -265,7 +230,7 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
     def update(state: TrainState, frozen, scene: types.Scene, rng: jax.Array):
         k_roll, k_perm = jax.random.split(rng)
         b = scene.speed_limit.shape[0]
-        variables = policy_variables(frozen["policy"], state.params)
+        variables = stage_results.rl_policy_variables(frozen["policy"], state.params)
         traj, _ = rollout_lib.rollout(model, variables, scene, k_roll, reward_fn,
                                       num_steps=horizon, group_size=g)
         if cfg.reward not in traj.rewards:
@@ -332,55 +297,7 @@ def jit_update(update: Callable, mesh=None) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------------
-# Deterministic planning (evaluation).
-
-def make_plan_fn(model: policy_lib.VLAPolicy) -> Callable:
-    """Jitted ``plan(variables, scene [B]) -> [B,8,3]``: the DDIM means (eta 0, no sampling
-    noise) and the classifier's best mode."""
-    @jax.jit
-    def plan(variables, scene):
-        tokens = policy_lib.encode(model, variables, scene)
-        return policy_lib.plan(model, variables, tokens, jax.random.PRNGKey(0),
-                               stochastic=False, eta=0.0).traj
-    return plan
-
-
-def as_planner(plan_fn: Callable, variables) -> Callable:
-    """A host planner for ``evaluate``: Scene [B] (numpy or jax) -> np.ndarray [B,8,3]."""
-    def planner(scene):
-        return np.asarray(plan_fn(variables, jax.tree.map(jnp.asarray, scene)))
-    return planner
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading the previous stages.
-
-def _latest_dir(stage_dir: str) -> str | None:
-    from irlvla_jax.checkpoint import Checkpointer
-    for d in (os.path.join(stage_dir, "checkpoints"), stage_dir):
-        if os.path.isdir(d) and Checkpointer(d).latest_step is not None:
-            return d
-    return None
-
-
-def load_previous_stages(config, workdir: str):
-    """(IL policy model, IL variables, RWM model, RWM params) from ``<workdir>/il`` and
-    ``<workdir>/irl``; a clear error naming the stage to run when one is missing."""
-    from irlvla_jax.checkpoint import Checkpointer
-    for stage in ("il", "irl"):
-        if _latest_dir(os.path.join(workdir, stage)) is None:
-            raise SystemExit(f"rl: no stage-{1 if stage == 'il' else 2} checkpoint under "
-                             f"{os.path.join(workdir, stage)}; run `python launch.py {stage}` "
-                             f"first (stage 3 fine-tunes the IL policy against the RWM)")
-    from irlvla_jax.train import irl
-    _, il_vars = irl.load_il_policy(config, workdir)
-    ck = Checkpointer(_latest_dir(os.path.join(workdir, "irl")))
-    raw, _, _ = ck.restore(ck.latest_step, None)
-    rwm_params = raw["params"] if isinstance(raw, dict) else raw.params
-    rwm_params = jax.tree.map(jnp.asarray, rwm_params)
-    return policy_lib.VLAPolicy(rl_model_config(config)), il_vars, \
-        rwm_lib.RewardModel(config.rwm), rwm_params
-
+# The stage.
 
 def _example_tokens(model, il_vars, config) -> SceneTokens:
     sizes = types.SceneSizes.from_config(config.data.sizes)
@@ -389,66 +306,22 @@ def _example_tokens(model, il_vars, config) -> SceneTokens:
                           il_vars, example)
 
 
-def load_planner(config, workdir: str) -> Callable[[types.Scene], np.ndarray]:
-    """The latest RL policy under ``<workdir>/rl`` as a deterministic planner:
-    Scene [B] (numpy or jax) -> np.ndarray [B,8,3]."""
-    from irlvla_jax.checkpoint import Checkpointer
-    from irlvla_jax.train import irl
-    rl_dir = _latest_dir(os.path.join(workdir, "rl"))
-    if rl_dir is None:
-        raise FileNotFoundError(f"no RL checkpoint under {os.path.join(workdir, 'rl')}; run "
-                                f"`python launch.py rl` first")
-    _, il_vars = irl.load_il_policy(config, workdir)
-    model = policy_lib.VLAPolicy(rl_model_config(config))
-    tokens = _example_tokens(model, il_vars, config)
-    state = jax.eval_shape(lambda t: init_state(config, il_vars, t, jax.random.PRNGKey(0)),
-                           tokens)
-    ck = Checkpointer(rl_dir)
-    state, _, _ = ck.restore_latest(state)
-    return as_planner(make_plan_fn(model), policy_variables(il_vars, state.params))
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop.
-
 def train(config, workdir: str, update_fn: Callable, state: TrainState, frozen,
-          batches: Callable[[int], Any], *, rng: jax.Array, show_progress: bool = True
-          ) -> TrainState:
-    """Run ``update_fn`` from the latest checkpoint in ``<workdir>/rl/checkpoints`` to
-    ``ppo.num_updates``. batches(start) -> iterator of Scene [B] from update ``start`` on
-    (deterministic); update u uses ``fold_in(rng, u)``, so a resumed run repeats an
-    uninterrupted one. Writes metrics.jsonl; returns the final state."""
-    from tqdm import tqdm
-
-    from irlvla_jax.checkpoint import Checkpointer
+          batches: Callable[[int], Any], *, rng: jax.Array, place: Callable | None = None,
+          show_progress: bool = True) -> TrainState:
+    """Run ``update_fn`` through the stage loop (``loop.run``) from the latest checkpoint in
+    ``<workdir>/rl/checkpoints`` to ``ppo.num_updates``. batches(start) -> iterator of Scene [B]
+    from update ``start`` on (deterministic); update u uses ``fold_in(rng, u)``, so a resumed
+    run repeats an uninterrupted one. Returns the final state."""
     cfg = config.ppo
-    out_dir = os.path.join(workdir, "rl")
-    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=cfg.keep_ckpts)
-    start = 0
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, start, _ = restored
-        log.info("rl: resumed from update %d", start)
-    writer = tracking.MetricWriter(out_dir)
-    it = batches(start)
-    rows = config.data.batch_size * cfg.group_size * cfg.horizon
-    bar = tqdm(range(start, cfg.num_updates), initial=start, total=cfg.num_updates, desc="rl",
-               disable=not show_progress)
-    for u in bar:
-        t0 = time.time()
-        state, metrics = update_fn(state, frozen, next(it), jax.random.fold_in(rng, u))
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        m["scene_samples_per_s"] = config.data.batch_size * cfg.group_size / (time.time() - t0)
-        m["rows_per_update"] = rows
-        if (u + 1) % cfg.log_every == 0 or u + 1 == cfg.num_updates:
-            writer.write(u + 1, m)
-            bar.set_postfix({k.split("/")[-1]: f"{m[k]:.3f}" for k in m
-                             if k.startswith("reward/")})
-        if (u + 1) % cfg.ckpt_every == 0 or u + 1 == cfg.num_updates:
-            ckpt.save(u + 1, state, {"stage": "rl"}, force=True)
-    writer.close()
-    ckpt.close()
-    return state
+    result = loop.run(
+        loop.LoopSpec.of("rl", cfg, num_steps_key="num_updates",
+                         samples_per_step=config.data.batch_size * cfg.group_size),
+        os.path.join(workdir, "rl"), lambda st, scene, r: update_fn(st, frozen, scene, r),
+        state, batches, rng, config=config, place=place,
+        postfix=lambda m: {k.split("/")[-1]: f"{m[k]:.3f}" for k in m if k.startswith("reward/")},
+        show_progress=show_progress)
+    return result.state
 
 
 def run(config, workdir: str) -> dict:
@@ -458,7 +331,10 @@ def run(config, workdir: str) -> dict:
     from irlvla_jax import evaluate
     from irlvla_jax.data import loader
     cfg = config.ppo
-    model, il_vars, rwm_model, rwm_params = load_previous_stages(config, workdir)
+    needed = "rl: stage 3 fine-tunes the IL policy against the reward world model"
+    _, il_vars = stage_results.load_il_policy(config, workdir, needed)
+    rwm_model, rwm_params = stage_results.load_reward_model(config, workdir, needed)
+    model = policy_lib.VLAPolicy(stage_results.rl_model_config(config))
     mesh = parallel.make_mesh(config.mesh)
     parallel.check_batch_divisible(config.data.batch_size, mesh)
     rng = jax.random.PRNGKey(config.seed)
@@ -470,27 +346,27 @@ def run(config, workdir: str) -> dict:
     reward_fn = make_reward_fn(rwm_model, rwm_params, use_scorer, bool(cfg.closed_loop_ec))
     update = jit_update(make_update(config, model, reward_fn), mesh)
     frozen = parallel.replicate({"policy": il_vars}, mesh)
-    state = parallel.replicate(state, mesh)
 
     def batches(start):
         it = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed + 3,
                                 shuffle=config.data.shuffle, start_step=start)
         return (scene for scene, _ in it)
 
-    state = train(config, workdir, update, state, frozen, batches, rng=k_train)
+    state = train(config, workdir, update, state, frozen, batches, rng=k_train,
+                  place=lambda st: parallel.replicate(st, mesh))
 
     limit = None if cfg.eval_scenes < 0 else cfg.eval_scenes
     scenes, metas = loader.load_split_numpy(config, config.data.eval_split, limit)
-    plan_fn = make_plan_fn(model)
-    rl_vars = policy_variables(il_vars, jax.device_get(state.params))
-    table, _ = evaluate.evaluate_planners({"il_policy": as_planner(plan_fn, il_vars),
-                                           "rl_policy": as_planner(plan_fn, rl_vars)}, scenes,
-                                          metas=metas)
+    plan_fn = stage_results.deterministic_plan_fn(model)
+    rl_vars = stage_results.rl_policy_variables(il_vars, jax.device_get(state.params))
+    table, _ = evaluate.evaluate_planners(
+        {"il_policy": stage_results.as_planner(plan_fn, il_vars),
+         "rl_policy": stage_results.as_planner(plan_fn, rl_vars)}, scenes, metas=metas)
     result = {"split": config.data.eval_split, "reward": cfg.reward,
               "advantage": cfg.advantage, "horizon": cfg.horizon,
               "epdms": table["rl_policy"]["epdms"], "policies": table}
     result.update({k: table["rl_policy"][k] for k in types.SUBSCORE_NAMES})
-    tracking.write_json(os.path.join(workdir, "rl", "eval.json"), result)
+    loop.write_result(os.path.join(workdir, "rl", "eval.json"), result)
     tracking.print_table(f"EPDMS on {config.data.eval_split} (rl: reward={cfg.reward}, "
                          f"advantage={cfg.advantage}, T={cfg.horizon})", table,
                          evaluate.COLUMNS)

@@ -36,7 +36,6 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from irlvla_jax import geometry, scene_ops, types
 from irlvla_jax.models import bev as bev_lib
