@@ -65,6 +65,11 @@ def test_extended_detections_fill_the_agent_steps(read, pickles):
     assert first_ext.token == f"{s2.token}_ext0" and first_ext.tracks == ["bike"]
     assert first_ext.timestamp == s2.frames[CUR].timestamp + 3 * FRAME_DT_US
     assert first_ext.lights == [("32", True)] and first_ext.lidar_path is None
+    second_ext = s2.frames[s2.num_frames + 1]           # the fixture's second extended step
+    assert second_ext.token == f"{s2.token}_ext1" and second_ext.tracks == ["bike2"]
+    assert second_ext.timestamp == s2.frames[CUR].timestamp + 4 * FRAME_DT_US
+    assert second_ext.lights == [("32", False)]
+    assert len(s2.frames) == s2.num_frames + 2          # two extended steps, no more
     sc, meta = read[0][4]
     assert sc["expert_future_valid"].sum() == 2         # the pickle holds 4 + 2 frames
     veh, bike = meta.track_tokens.index("veh"), meta.track_tokens.index("bike")
@@ -73,6 +78,9 @@ def test_extended_detections_fill_the_agent_steps(read, pickles):
     # extended detections are in the current ego frame: 15 m straight ahead
     np.testing.assert_allclose(sc["agent_states"][bike, 3, :3], [15, 0, 0], atol=1e-3)
     assert sc["agent_class"][bike] == types.AGENT_CLASSES.index("bicycle")
+    bike2 = meta.track_tokens.index("bike2")
+    assert sc["agent_valid"][bike2, 4] and not sc["agent_valid"][bike2, :4].any()
+    assert not sc["agent_valid"][bike, 4]
 
 
 def test_token_filter_and_read_scene(world, pickles):
@@ -82,3 +90,16 @@ def test_token_filter_and_read_scene(world, pickles):
     assert meta.stage == 2 and meta.original_token == f"{5:016x}"
     with pytest.raises(BadInputError, match="s9_broken"):
         navhard.read_stage2_scene(pickles / "s9_broken.pkl", None)
+
+
+def test_read_scene_reads_only_what_the_token_needs(world, tmp_path):
+    """A corrupt pickle sorted before the wanted one does not stop read_scene."""
+    import shutil
+    root = tmp_path / "navsim"
+    shutil.copytree(world / "navsim", root)
+    (root / SPLIT / navhard.SCENE_PICKLES / "s0_truncated.pkl").write_bytes(b"\x80\x04 broken")
+    reader = SceneReader(root, world / "maps", SIZES)
+    sc, meta = reader.read_scene(SPLIT, "unused", f"{7:016x}_s2")
+    assert meta.token == f"{7:016x}_s2" and meta.stage == 2
+    with pytest.raises(BadInputError, match="s0_truncated"):   # a token found nowhere
+        reader.read_scene(SPLIT, "unused", "no_such_token")

@@ -153,7 +153,7 @@ def test_reader_build_writes_and_summarises_the_skip_report(fake_reader, tmp_pat
         "corrupt_pickle": 2}
     on_disk = json.loads((dataset_id.dataset_path(config) / prepare.SKIP_REPORT).read_text())
     assert on_disk == summary["skipped"]
-    assert "skipped 2 bad inputs" in capsys.readouterr().out
+    assert "2 scenes lost to 2 bad inputs" in capsys.readouterr().out
     assert prepare.prepare_data(config)["skipped"]["total"] == 2    # reused build keeps it
 
 
@@ -182,8 +182,8 @@ def test_synthetic_root_is_generated_once_per_config(fake_reader, tmp_path, monk
     config.data.source = "synthetic"
     first = prepare.prepare_data(config)
     assert first["synthetic"]["generated"] and len(calls) == 1
-    assert calls[0] == (str(tmp_path / "navsim"), str(tmp_path / "maps"),
-                        (config.data.train_split, config.data.eval_split))
+    assert calls[0][2] == (config.data.train_split, config.data.eval_split)
+    assert (tmp_path / "navsim").is_dir() and (tmp_path / "maps").is_dir()   # moved into place
     again = prepare.prepare_data(config)
     assert not again["synthetic"]["generated"] and again["reused"] and len(calls) == 1
     config.data.synthetic.seed = 7            # another world -> regenerate and rebuild

@@ -24,6 +24,7 @@ from etils import epath
 
 from irlvla_jax import types
 from irlvla_jax.data import dataset_id
+from irlvla_jax.data.errors import SkipReport
 
 # Large fields are mostly padding (masks, rasters, empty polygon slots): zlib shrinks them a lot
 # and decodes at memory speed. Small ones are stored raw (zlib framing would cost more).
@@ -89,8 +90,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        #: ``{"total", "counts": {reason: n}, "examples": {reason: [msg]}}`` after a build.
-        self.skip_report: dict[str, Any] = {"total": 0, "counts": {}, "examples": {}}
+        #: The scenes the reader skipped for bad input (all splits), after a build.
+        self.skip_report = SkipReport()
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -119,14 +120,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for scene, meta in reader.iter_split(split):
             types.check_scene(scene, cfg.sizes, where=f"{split} scene {meta.token}", batch=())
             yield meta.token, _example(scene, meta)
-        self._merge_skip_report(reader.skip_report)   # an errors.SkipReport
-
-    def _merge_skip_report(self, report) -> None:
-        for reason, n in report.counts.items():
-            self.skip_report["counts"][reason] = self.skip_report["counts"].get(reason, 0) + n
-            self.skip_report["examples"].setdefault(reason, []).extend(
-                report.examples.get(reason, []))
-        self.skip_report["total"] = sum(self.skip_report["counts"].values())
+        self.skip_report.merge(reader.skip_report)
 
 
 def _example(scene: dict[str, np.ndarray], meta: types.SceneMeta) -> dict[str, Any]:

@@ -9,9 +9,10 @@ loader, so that none of them imports another for it. Layout under ``config.data.
     tfds/navsim_tfds/<name>/<version>/   the built dataset (+ skip_report.json)
 
 ``<name>`` is ``<source>_<hash>`` where the hash covers everything that changes the examples
-(the Scene contract's fields, the sizes, the splits, the source and its settings), so a config
-change builds a new dataset next to the old one instead of silently reusing a stale one. TFDS
-itself treats a finished ``<name>/<version>`` folder as the "already built" marker.
+(the Scene contract's fields, the sizes, the splits, the source and its settings, ``skip_bad``
+when it is set), so a config change builds a new dataset next to the old one instead of silently
+reusing a stale one. TFDS itself treats a finished ``<name>/<version>`` folder as the "already
+built" marker.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def build_fingerprint(config) -> dict[str, Any]:
         fp["roots"] = list(source_roots(config))
     else:
         fp["random_scenes"] = int(config.data.random_scenes)
+    # A skip_bad build may lack scenes a strict run must not silently go without. Only set
+    # when true, so that the default (strict) datasets keep their names.
+    if src != "random" and config.data.get("skip_bad", False):
+        fp["skip_bad"] = True
     return fp
 
 

@@ -40,8 +40,8 @@ from irlvla_jax import types
 from irlvla_jax.data import labels, navhard, route
 from irlvla_jax.data.errors import BadInputError, SkipReport
 from irlvla_jax.data.maps import CROSSWALK, WALKWAYS, MapAPI
-from irlvla_jax.data.navsim_logs import (CUR, FRAME_DT_US, NUM_HISTORY, Frame, finite_array,
-                                         read_log)
+from irlvla_jax.data.navsim_logs import (CUR, FRAME_DT_US, NUM_HISTORY, Fields, Frame, camera,
+                                         ego_jump, read_log)
 from irlvla_jax.data.sensor_io import read_pcd
 
 DT_TOLERANCE_US = 100_000          # consecutive frames: 0.4 .. 0.6 s apart
@@ -219,10 +219,20 @@ class SceneReader:
         return {ln.strip() for ln in text.splitlines() if ln.strip()}
 
     # -- iteration --------------------------------------------------------------------------------
-    def _skip_or_raise(self, err: BadInputError, count: int = 1) -> None:
+    def _skip_or_raise(self, err: BadInputError, scenes: int | None = 1, up_to: int = 0
+                       ) -> None:
+        """Raise ``err``, or (skip_bad) count the ``scenes`` it removes (None: unknown, at most
+        ``up_to``)."""
         if not self.skip_bad:
             raise err
-        self.skip_report.add(err, count)
+        self.skip_report.add(err, scenes, up_to)
+
+    def _max_windows(self, split: str, log_name: str, nf: int) -> int:
+        """At most how many windows a log that cannot be read had: by its LiDAR sweeps (one a
+        frame) in sensor_blobs; 0 when those are absent too."""
+        sweeps = self._sensor_root(split) / log_name / "MergedPointCloud"
+        n = sum(1 for _ in sweeps.glob("*")) if sweeps.is_dir() else 0
+        return max(0, n - NUM_HISTORY - nf + 1)
 
     def iter_split(self, split: str, num_future: int | None = None
                    ) -> Iterator[tuple[dict[str, np.ndarray], NavsimSceneMeta]]:
@@ -243,8 +253,8 @@ class SceneReader:
         for path in sorted(log_dir.glob("*.pkl")):
             try:
                 frames = self._frames(path)
-            except BadInputError as e:
-                self._skip_or_raise(e)
+            except BadInputError as e:   # the whole log is lost; how many scenes is unknown
+                self._skip_or_raise(e, None, self._max_windows(split, path.stem, nf))
                 continue
             for start in range(0, len(frames) - NUM_HISTORY - nf + 1):
                 cur = frames[start + CUR]
@@ -280,12 +290,7 @@ class SceneReader:
         spec = self._spec(split)
         path = self._log_dir(split) / f"{log_name}.pkl"
         if spec.two_stage and not path.exists():
-            syn = self.root / spec.log_folder / navhard.SCENE_PICKLES
-            for p in sorted(syn.glob("*.pkl")):
-                out = self._synthetic_scene(p, split, spec.num_future, {token})
-                if out is not None:
-                    return out
-            raise BadInputError(syn, "missing_scene", f"no scene with token {token!r}", "")
+            return self._read_stage2(split, token)
         frames = self._frames(path)
         idx = [i for i, f in enumerate(frames) if isinstance(f, Frame) and f.token == token]
         if not idx or idx[0] < CUR or idx[0] - CUR + NUM_HISTORY + spec.num_future > len(frames):
@@ -293,6 +298,29 @@ class SceneReader:
                                 f"of a full {NUM_HISTORY}+{spec.num_future} window in this log",
                                 "check the token / log name")
         return self._scene(frames, idx[0] - CUR, spec.num_future, split, path)
+
+    def _read_stage2(self, split: str, token: str):
+        """The stage-2 scene ``token``: its own ``<token>.pkl`` when there is one, else the
+        first pickle holding it; a pickle that cannot be read only matters if none does."""
+        spec = self._spec(split)
+        syn = self.root / spec.log_folder / navhard.SCENE_PICKLES
+        named = syn / f"{token}.pkl"
+        candidates = [named] if named.exists() else []
+        candidates += [p for p in sorted(syn.glob("*.pkl")) if p != named]
+        unreadable = []
+        for p in candidates:
+            try:
+                out = self._synthetic_scene(p, split, spec.num_future, {token})
+            except BadInputError as e:
+                if p == named:
+                    raise
+                unreadable.append(e)
+                continue
+            if out is not None:
+                return out
+        raise BadInputError(syn, "missing_scene", f"no scene with token {token!r}" + (
+            f"; {len(unreadable)} pickle(s) could not be read: " + "; ".join(
+                str(e) for e in unreadable[:3]) if unreadable else ""), "check the token")
 
     def _frames(self, path: Path) -> list:
         """Parsed frames of a log; a frame that fails to parse is stored as its error."""
@@ -319,13 +347,17 @@ class SceneReader:
             dt = b.timestamp - a.timestamp
             linked = a.sample_next is None or a.sample_next == b.token
             if abs(dt - FRAME_DT_US) > DT_TOLERANCE_US or not linked:
+                err = BadInputError(path, "window_gap", f"frames {start + j} and "
+                                    f"{start + j + 1} are not consecutive (dt {dt} us, "
+                                    f"sample_next {a.sample_next!r} vs token {b.token!r}): "
+                                    "the window crosses a log boundary",
+                                    "split the log at the gap")
+            else:
+                err = ego_jump(a, b, path, start + j + 1, "ego2global_translation")
+            if err is not None:
                 if j + 1 < NUM_HISTORY + nf:
-                    raise BadInputError(path, "window_gap", f"frames {start + j} and "
-                                        f"{start + j + 1} are not consecutive (dt {dt} us, "
-                                        f"sample_next {a.sample_next!r} vs token {b.token!r}): "
-                                        "the window crosses a log boundary",
-                                        "split the log at the gap")
-                used = used[:j + 1]
+                    raise err
+                used = used[:j + 1]   # later (agent-only) frames: stop before the bad one
                 break
         prev_ok = start >= 1 and isinstance(frames[start + CUR - 1], Frame) and \
             0 < used[CUR].timestamp - used[CUR - 1].timestamp < PREVIOUS_MAX_US
@@ -380,7 +412,15 @@ class SceneReader:
             out["expert_future_valid"][:len(fut)] = True
         out.update(self._sensors(cur, sensor_root, where))
         out.update(self._agents(fr, loc, meta))
-        m = MapAPI.load(self.maps_root, cur.map_location)
+        try:
+            m = MapAPI.load(self.maps_root, cur.map_location)
+        except BadInputError as e:
+            if e.reason != "missing_map":
+                raise
+            raise BadInputError(where, "missing_map", f"map location {cur.map_location!r} "
+                                f"not found under data.maps_root ({e})",
+                                "download the nuPlan maps into data.maps_root or check the "
+                                "log's map_location", field="map_location") from None
         if not cur.route:
             raise BadInputError(where, "bad_route", f"scene {cur.token} has an empty route",
                                 "NAVSIM drops such scenes; filter it out")
@@ -415,12 +455,10 @@ class SceneReader:
     def _sensors(self, f: Frame, root: Path, where: str) -> dict[str, np.ndarray]:
         s = self.sizes
         imgs, Ks, c2e = [], [], []
+        fields = Fields(where, f.token)
         for name in s.cameras:
-            cam = f.cams.get(name)
-            if cam is None or "data_path" not in cam:
-                raise BadInputError(where, "missing_keys", f"frame {f.token} has no camera {name}",
-                                    "choose data.sizes.cameras among the log's cameras")
-            p = root / cam["data_path"]
+            data_path, K, s2l = camera(f.cams, name, fields)
+            p = root / data_path
             try:
                 with Image.open(p) as im:
                     im.load()
@@ -432,13 +470,7 @@ class SceneReader:
                 raise BadInputError(p, "corrupt_sensor", f"cannot decode image ({e})",
                                     "the JPEG is truncated or corrupt; re-download it") from None
             imgs.append(arr)
-            Ks.append(labels.scale_intrinsics(finite_array(cam["cam_intrinsic"], (3, 3), p,
-                                                           "cam_intrinsic"), sx, sy))
-            s2l = np.eye(4)
-            s2l[:3, :3] = finite_array(cam["sensor2lidar_rotation"], (3, 3), p,
-                                       "sensor2lidar_rotation")
-            s2l[:3, 3] = finite_array(cam["sensor2lidar_translation"], (3,), p,
-                                      "sensor2lidar_translation")
+            Ks.append(labels.scale_intrinsics(K, sx, sy))
             c2e.append(f.lidar2ego @ s2l)
         out = {"cameras": np.stack(imgs).astype(np.uint8),
                "cam_intrinsics": np.stack(Ks).astype(np.float32),
@@ -467,10 +499,6 @@ class SceneReader:
             f = fr[CUR + k]
             R = _rot(float(f.pose[2]))
             for b, name, v, tok in zip(f.boxes, f.names, f.box_velocity, f.tracks):
-                if name not in types.AGENT_CLASSES:
-                    raise BadInputError(meta.log_name, "bad_frame", f"frame {f.token}: unknown "
-                                        f"agent class {name!r}",
-                                        f"gt_names must be one of {types.AGENT_CLASSES}")
                 cls = types.AGENT_CLASSES.index(name)
                 xy = loc.xy(R @ b[:2] + f.pose[:2])
                 h = route.wrap(b[6] + f.pose[2] - loc.h)
