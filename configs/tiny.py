@@ -61,10 +61,21 @@ def get_config() -> ml_collections.ConfigDict:
     ))
 
     # --- eval (irlvla_jax/evaluate.py) --------------------------------------------------------
-    c.eval = ml_collections.ConfigDict(dict(num_scenes=0))   # 0 = the whole eval split
+    c.eval = ml_collections.ConfigDict(dict(
+        num_scenes=0,              # 0 = the whole eval split
+        # `python launch.py submit`: whose plans go into <workdir>/eval/submission.pkl
+        # ("rl_policy", "il_policy", "constant_velocity"), and the leaderboard's metadata
+        submission_policy="rl_policy",
+        team_name="", authors="", email="", institution="", country="",
+    ))
 
     # --- mesh (irlvla_jax/parallel.py) ----------------------------------------------------------
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))   # -1: all devices on 'data'
+    # The batch is split over data x fsdp devices; with fsdp > 1 every state leaf (params,
+    # optimizer moments, frozen earlier-stage variables) of at least fsdp_min_size elements is
+    # split over 'fsdp' on its largest divisible dimension; fsdp_overrides maps a regular
+    # expression on a leaf's path to the dimension to split (-1: replicate).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 16,
+                                            fsdp_overrides={}))   # data -1: the rest
     # --- model encoders: vision, 3D reasoning, semantic reasoning (irlvla_jax/models) -------
     c.model = m = ml_collections.ConfigDict()
     m.dtype = "float32"        # compute dtype ("bfloat16" on accelerators); params stay float32

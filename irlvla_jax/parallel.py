@@ -17,14 +17,34 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA, FSDP = "data", "fsdp"
 
 
-def maybe_initialize_distributed() -> None:
-    """Call ``jax.distributed.initialize()`` on multi-host jobs (detected from the environment).
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+    """Join a multi-process job: ``jax.distributed.initialize`` before anything starts JAX's
+    backend (so no ``jax.devices()`` / ``jax.process_count()`` before this call).
 
-    Single-process runs (the default, and every CPU run) do nothing.
+    Explicit: ``coordinator_address`` ('HOST:PORT') with ``num_processes`` and ``process_id``
+    (launch.py's flags). Otherwise JAX's cluster detection runs when the environment says the
+    job has several processes: ``JAX_COORDINATOR_ADDRESS``, ``SLURM_NTASKS`` > 1, or a TPU pod
+    (``TPU_WORKER_HOSTNAMES`` listing several hosts). A single process (the default, any CPU
+    run, a 1-task SLURM job) does nothing. ``IRLVLA_NO_DISTRIBUTED=1`` disables it. Returns
+    whether it initialised.
     """
-    multi = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_NAME"))
-    if multi and jax.process_count() == 1 and os.environ.get("IRLVLA_NO_DISTRIBUTED") != "1":
+    if os.environ.get("IRLVLA_NO_DISTRIBUTED") == "1":
+        return False
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError("--coordinator_address needs --num_processes and --process_id")
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=int(num_processes),
+                                   process_id=int(process_id))
+        return True
+    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    multi = ("JAX_COORDINATOR_ADDRESS" in os.environ
+             or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or len(hosts) > 1)
+    if multi:
         jax.distributed.initialize()
+    return multi
 
 
 def make_mesh(mesh_cfg: Mapping[str, Any] | None = None, devices=None) -> Mesh:
@@ -45,8 +65,14 @@ def make_mesh(mesh_cfg: Mapping[str, Any] | None = None, devices=None) -> Mesh:
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over 'data', the rest replicated."""
-    return NamedSharding(mesh, P(DATA))
+    """Leading (batch) axis split over every device ('data' x 'fsdp': FSDP is data parallel
+    too; only the state is split differently), the rest replicated."""
+    return NamedSharding(mesh, P((DATA, FSDP)))
+
+
+def batch_devices(mesh: Mesh) -> int:
+    """How many ways the batch is split: 'data' x 'fsdp'."""
+    return int(mesh.shape[DATA] * mesh.shape[FSDP])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -71,7 +97,82 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
     if int(global_batch) < 1:
         raise ValueError(f"config.data.batch_size = {global_batch}: must be >= 1")
-    n = mesh.shape[DATA]
+    n = batch_devices(mesh)
     if global_batch % n:
-        raise ValueError(f"global batch {global_batch} is not divisible by the {n} devices on "
-                         f"the 'data' mesh axis; change --config.data.batch_size")
+        raise ValueError(f"global batch {global_batch} is not divisible by the {n} devices of "
+                         f"the mesh's 'data' x 'fsdp' axes; change --config.data.batch_size")
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP: which state leaves are split over 'fsdp', and on which dimension.
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
+def fsdp_spec(path: str, shape: tuple[int, ...], fsdp: int, min_size: int = 2 ** 16,
+              overrides: Mapping[str, int] | None = None) -> P:
+    """The PartitionSpec of one state leaf under FSDP.
+
+    Default rule: a leaf of at least ``min_size`` elements is split over 'fsdp' on its largest
+    dimension divisible by the fsdp size (ties: the last such dimension); smaller leaves and
+    leaves with no divisible dimension are replicated. ``overrides`` maps a regular expression
+    on the leaf's path ('params/planner/...', searched) to a dimension (-1: replicate); the first
+    match wins.
+    """
+    import re
+    if fsdp <= 1 or not shape:
+        return P()
+    dim = None
+    for pattern, d in (overrides or {}).items():
+        if re.search(pattern, path):
+            dim = int(d)
+            if dim < 0:
+                return P()
+            break
+    if dim is None:
+        if int(np.prod(shape)) < min_size:
+            return P()
+        candidates = [i for i, n in enumerate(shape) if n % fsdp == 0]
+        if not candidates:
+            return P()
+        dim = max(candidates, key=lambda i: (shape[i], i))
+    elif shape[dim] % fsdp:
+        raise ValueError(f"mesh.fsdp_overrides: {path} dimension {dim} ({shape[dim]}) is not "
+                         f"divisible by fsdp={fsdp}")
+    spec = [None] * len(shape)
+    spec[dim] = FSDP
+    return P(*spec)
+
+
+def state_shardings(abstract: Any, mesh: Mesh, mesh_cfg: Mapping[str, Any] | None = None):
+    """NamedShardings for a state pytree (params, optimizer moments, frozen variables) from
+    :func:`fsdp_spec`; with fsdp = 1 everything is replicated. abstract: arrays or
+    ShapeDtypeStructs. The optimizer's moments have their parameter's shape, so they follow it.
+    """
+    cfg = dict(mesh_cfg or {})
+    fsdp = int(mesh.shape[FSDP])
+    min_size = int(cfg.get("fsdp_min_size", 2 ** 16))
+    overrides = dict(cfg.get("fsdp_overrides", {}) or {})
+
+    def one(path, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        return NamedSharding(mesh, fsdp_spec(_path_str(path), shape, fsdp, min_size, overrides))
+    return jax.tree_util.tree_map_with_path(one, abstract)
+
+
+def place_state(tree: Any, mesh: Mesh, mesh_cfg: Mapping[str, Any] | None = None) -> Any:
+    """Put a state pytree on the mesh with its FSDP shardings (replicated when fsdp = 1)."""
+    return jax.device_put(tree, state_shardings(tree, mesh, mesh_cfg))
+
+
+def device_bytes(tree: Any) -> int:
+    """Bytes of a pytree of jax.Arrays held by one device (device 0's shards)."""
+    dev = jax.devices()[0]
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            if shard.device == dev:
+                total += shard.data.nbytes
+    return total

@@ -56,17 +56,36 @@ def test_overfits_one_batch(setup):
     assert np.mean(l1[-3:]) < 0.5 * l1[0], l1
 
 
-def test_sharded_step_matches_single_device(setup):
-    mesh = parallel.make_mesh({"data": -1, "fsdp": 1})
-    assert mesh.shape["data"] == 8
+def test_fsdp_step_matches_single_device(setup):
+    """Mesh data=2 x fsdp=4 on 8 devices: the batch is split 8 ways, every state leaf of at
+    least ``fsdp_min_size`` elements (params and Adam moments) is split 4 ways on a dimension
+    divisible by 4, and the step equals the 1-device one."""
+    mesh_cfg = {"data": 2, "fsdp": 4, "fsdp_min_size": 128}
+    mesh = parallel.make_mesh(mesh_cfg)
     rng = jax.random.PRNGKey(7)
     single, m1 = setup["step"](_copy(setup["state0"]), setup["batch"], rng)
-    sharded_step = il.make_train_step(setup["model"], setup["config"], mesh)
+    state_sh = parallel.state_shardings(setup["state0"], mesh, mesh_cfg)
+    sharded_step = il.make_train_step(setup["model"], setup["config"], mesh, state_sh)
     batch = parallel.shard_batch(jax.device_get(setup["batch"]), mesh)
-    multi, m8 = sharded_step(parallel.replicate(_copy(setup["state0"]), mesh), batch, rng)
+    state = jax.device_put(_copy(setup["state0"]), state_sh)
+    split = 0
+    for leaf in jax.tree.leaves((state.params, state.opt_state)):
+        if leaf.size >= 128 and any(n % 4 == 0 for n in leaf.shape):
+            shard = leaf.addressable_shards[0].data.shape
+            assert np.prod(np.asarray(leaf.shape) // np.asarray(shard)) == 4, \
+                (leaf.shape, shard)
+            split += 1
+    assert split > 10
+    replicated_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    assert parallel.device_bytes(state) <= 0.3 * replicated_bytes
+    multi, m8 = sharded_step(state, batch, rng)
+    assert len(batch.speed_limit.sharding.device_set) == 8
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    # the update keeps the state in its shards
+    for a, s in zip(jax.tree.leaves(multi), jax.tree.leaves(state_sh)):
+        assert a.sharding.is_equivalent_to(s, a.ndim)
 
 
 def test_checkpoint_resume_gives_same_next_loss(setup, tmp_path):

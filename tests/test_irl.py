@@ -126,16 +126,22 @@ def test_irl_term_makes_the_reward_prefer_the_expert(env):
     assert finals[2.0] > 0.8, finals
 
 
-def test_sharded_step_equals_single_device(env):
-    mesh = parallel.make_mesh({"data": -1}, jax.devices()[:8])
-    assert mesh.shape["data"] == 8
+def test_fsdp_step_equals_single_device(env):
+    """Mesh data=2 x fsdp=4: scenes split 8 ways, the RWM state and the frozen variables split
+    over 'fsdp' where a leaf is large enough; the step equals the 1-device one."""
+    mesh_cfg = {"data": 2, "fsdp": 4, "fsdp_min_size": 256}
+    mesh = parallel.make_mesh(mesh_cfg, jax.devices()[:8])
     step = irl.make_train_step(env["cfg"], env["model"], toy_labels, noisy_policy)
-    sharded = irl.jit_train_step(step, mesh)
+    state_sh = parallel.state_shardings(env["state"], mesh, mesh_cfg)
+    frozen_sh = parallel.state_shardings(env["frozen"], mesh, mesh_cfg)
+    sharded = irl.jit_train_step(step, mesh, state_sharding=state_sh, frozen_sharding=frozen_sh)
     s1, m1 = env["steps"][2.0](_copy(env["state"]), env["frozen"], env["scene"],
                                jax.random.PRNGKey(7))
     scene = parallel.shard_batch(jax.device_get(env["scene"]), mesh)
-    s8, m8 = sharded(parallel.replicate(_copy(env["state"]), mesh),
-                     parallel.replicate(env["frozen"], mesh), scene, jax.random.PRNGKey(7))
+    state = jax.device_put(_copy(env["state"]), state_sh)
+    assert parallel.device_bytes(state) <= 0.3 * sum(x.nbytes for x in jax.tree.leaves(state))
+    s8, m8 = sharded(state, jax.device_put(env["frozen"], frozen_sh), scene,
+                     jax.random.PRNGKey(7))
     assert len(scene.speed_limit.sharding.device_set) == 8
     np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
     np.testing.assert_allclose(float(m8["grad_norm"]), float(m1["grad_norm"]), rtol=1e-4)

@@ -86,12 +86,15 @@ def test_batch_is_sharded_over_the_data_axis_with_the_stored_values(config, mesh
         np.testing.assert_array_equal(np.asarray(x), getattr(ref, name)[rows], err_msg=name)
 
 
-def test_fsdp_mesh_keeps_batch_on_data_axis(config):
+def test_fsdp_mesh_splits_the_batch_over_every_device(config):
+    """FSDP is data parallel too: with data=4 x fsdp=2 each of the 8 devices gets 1/8 of the
+    batch (only the state is split differently)."""
     mesh = parallel.make_mesh({"data": 4, "fsdp": 2})
     scene, _ = next(loader.make_loader(config, config.data.train_split, mesh, seed=0,
                                        shuffle=False))
     shards = scene.expert_future.addressable_shards
-    assert len(shards) == 8 and all(s.data.shape == (2, 10, 3) for s in shards)
+    assert len(shards) == 8 and all(s.data.shape == (1, 10, 3) for s in shards)
+    assert len({str(s.index) for s in shards}) == 8
 
 
 def test_bad_batch_sizes_are_clear_errors(config, mesh):

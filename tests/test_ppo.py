@@ -200,11 +200,19 @@ def test_update_runs_and_sharded_equals_single_device(setup):
     moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(
         jax.tree.leaves(single.params["planner"]), jax.tree.leaves(s["state"].params["planner"]))]
     assert max(moved) > 0.0
-    mesh = parallel.make_mesh({"data": 2, "fsdp": 1}, jax.devices()[:2])
-    sharded_fn = ppo.jit_update(s["update"], mesh)
-    st = parallel.replicate(_copy(s["state"]), mesh)
-    sharded, m2 = sharded_fn(st, parallel.replicate({"policy": s["il_vars"]}, mesh),
-                             parallel.shard_batch(jax.device_get(s["scene"]), mesh), rng)
+    # FSDP: the B = 2 scenes split over data=1 x fsdp=2, the planner, its optimizer state and
+    # the frozen IL variables split over 'fsdp' where a leaf is large enough
+    mesh_cfg = {"data": 1, "fsdp": 2, "fsdp_min_size": 256}
+    mesh = parallel.make_mesh(mesh_cfg, jax.devices()[:2])
+    frozen = {"policy": s["il_vars"]}
+    state_sh = parallel.state_shardings(s["state"], mesh, mesh_cfg)
+    frozen_sh = parallel.state_shardings(frozen, mesh, mesh_cfg)
+    sharded_fn = ppo.jit_update(s["update"], mesh, state_sh, frozen_sh)
+    st = jax.device_put(_copy(s["state"]), state_sh)
+    frozen = jax.device_put(frozen, frozen_sh)
+    assert parallel.device_bytes(frozen) <= 0.6 * sum(x.nbytes for x in jax.tree.leaves(frozen))
+    sharded, m2 = sharded_fn(st, frozen, parallel.shard_batch(jax.device_get(s["scene"]), mesh),
+                             rng)
     for p0, a, b in zip(jax.tree.leaves(s["state"].params), jax.tree.leaves(single.params),
                         jax.tree.leaves(sharded.params)):
         d1, d2 = np.asarray(a - p0), np.asarray(b - p0)

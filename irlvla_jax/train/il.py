@@ -93,12 +93,14 @@ def il_loss(model: policy_lib.VLAPolicy, config, params, model_state, batch: typ
 # ----------------------------------------------------------------------------------------------
 # Jitted steps.
 
-def make_train_step(model: policy_lib.VLAPolicy, config, mesh=None) -> Callable:
+def make_train_step(model: policy_lib.VLAPolicy, config, mesh=None,
+                    state_sharding=None) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)``, jitted.
 
-    With a mesh: state and rng replicated, the batch sharded on 'data' (gradients are averaged
-    across the mesh by XLA because the loss is a mean over the global batch). The input state
-    is donated.
+    With a mesh: the state as ``state_sharding`` (a pytree of shardings from
+    ``parallel.state_shardings``: FSDP; None: replicated), rng replicated, the batch split over
+    the mesh (gradients are averaged across it by XLA because the loss is a mean over the
+    global batch). The input state is donated.
     """
     def train_step(state: TrainState, batch: types.Scene, rng: jax.Array):
         grad_fn = jax.value_and_grad(
@@ -111,7 +113,8 @@ def make_train_step(model: policy_lib.VLAPolicy, config, mesh=None) -> Callable:
     if mesh is None:
         return jax.jit(train_step, donate_argnums=0)
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(train_step, in_shardings=(rep, dat, rep), out_shardings=(rep, rep),
+    st = rep if state_sharding is None else state_sharding
+    return jax.jit(train_step, in_shardings=(st, dat, rep), out_shardings=(st, rep),
                    donate_argnums=0)
 
 
@@ -140,15 +143,17 @@ def eval_outputs(model: policy_lib.VLAPolicy, variables, batch: types.Scene, rng
             "collision": jnp.any(hit, axis=(1, 2))}
 
 
-def make_eval_step(model: policy_lib.VLAPolicy, config, mesh=None) -> Callable:
+def make_eval_step(model: policy_lib.VLAPolicy, config, mesh=None,
+                   state_sharding=None) -> Callable:
     """``eval_step(state, batch, rng) -> eval_outputs dict`` (jitted; outputs sharded like the
-    batch)."""
+    batch; the state as in :func:`make_train_step`)."""
     def eval_step(state, batch, rng):
         return eval_outputs(model, variables_of(state), batch, rng)
     if mesh is None:
         return jax.jit(eval_step)
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(eval_step, in_shardings=(rep, dat, rep), out_shardings=dat)
+    st = rep if state_sharding is None else state_sharding
+    return jax.jit(eval_step, in_shardings=(st, dat, rep), out_shardings=dat)
 
 
 def evaluate_open_loop(eval_step: Callable, state: TrainState, batches: Iterable,
@@ -216,6 +221,21 @@ def create_state(model: policy_lib.VLAPolicy, config, rng: jax.Array,
     return TrainState.create(params, make_optimizer(config.il, total_steps), model_state=variables)
 
 
+def create_sharded_state(model: policy_lib.VLAPolicy, config, rng: jax.Array, mesh,
+                         anchors: np.ndarray | None = None):
+    """(state, its shardings) on ``mesh``: with fsdp > 1 the state is created directly in its
+    FSDP shards (init jitted with ``out_shardings``: no full copy on one device); otherwise
+    created as :func:`create_state` does (the shardings then replicate it)."""
+    abstract = jax.eval_shape(lambda r: create_state(model, config, r, anchors), rng)
+    shardings = parallel.state_shardings(abstract, mesh, config.mesh)
+    if mesh.shape[parallel.FSDP] > 1:
+        state = jax.jit(lambda r: create_state(model, config, r, anchors),
+                        out_shardings=shardings)(rng)
+    else:
+        state = create_state(model, config, rng, anchors)
+    return state, shardings
+
+
 # ----------------------------------------------------------------------------------------------
 def run(config, workdir: str) -> dict:
     """``python launch.py il``: train (resuming from the latest checkpoint) through the stage
@@ -237,9 +257,9 @@ def run(config, workdir: str) -> dict:
     init_rng, step_rng, eval_rng = jax.random.split(root, 3)
 
     anchors = load_or_compute_anchors(config)
-    state = create_state(model, config, init_rng, anchors)
-    train_step = make_train_step(model, config, mesh)
-    eval_step = make_eval_step(model, config, mesh)
+    state, state_sh = create_sharded_state(model, config, init_rng, mesh, anchors)
+    train_step = make_train_step(model, config, mesh, state_sh)
+    eval_step = make_eval_step(model, config, mesh, state_sh)
     scorer = evaluate.jitted_scorer(mesh)
 
     def epdms_fn(batch, traj):
@@ -264,7 +284,7 @@ def run(config, workdir: str) -> dict:
 
     result = loop.run(
         spec, out_dir, train_step, state, batches, step_rng, config=config,
-        place=lambda s: parallel.replicate(s, mesh),
+        place=lambda s: jax.device_put(s, state_sh),
         ckpt_extra={"anchors_file": anchors_lib.anchor_path(config)},
         periodic_eval=lambda st, step: evaluate_open_loop(
             eval_step, st, eval_batches(icfg.eval_batches), eval_rng, epdms_fn),

@@ -232,8 +232,11 @@ def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scor
     return step
 
 
-def jit_train_step(step, mesh=None, fuse: bool = True):
-    """jit the step; with a mesh the scene batch is on 'data', the rest replicated.
+def jit_train_step(step, mesh=None, fuse: bool = True, state_sharding=None,
+                   frozen_sharding=None):
+    """jit the step; with a mesh the scene batch is split over it, the state and the frozen
+    variables are as ``state_sharding`` / ``frozen_sharding`` (``parallel.state_shardings``:
+    FSDP; None: replicated), the rest replicated.
 
     ``fuse=True`` compiles candidates + scorer labels + RWM update as ONE program. ``fuse=False``
     (``config.irl.fuse_step``) compiles them as three programs that still run back to back on
@@ -244,16 +247,18 @@ def jit_train_step(step, mesh=None, fuse: bool = True):
     """
     rep = parallel.replicated(mesh) if mesh is not None else None
     dat = parallel.data_sharding(mesh) if mesh is not None else None
+    st = rep if state_sharding is None else state_sharding
+    fr = rep if frozen_sharding is None else frozen_sharding
     if fuse:
         if mesh is None:
             return jax.jit(step, donate_argnums=(0,))
-        return jax.jit(step, in_shardings=(rep, rep, dat, rep), out_shardings=(rep, rep),
+        return jax.jit(step, in_shardings=(st, fr, dat, rep), out_shardings=(st, rep),
                        donate_argnums=(0,))
     cands, labels = _jit_shared(step.candidates), _jit_shared(step.labels)
     if mesh is None:
         update = jax.jit(step.update, donate_argnums=(0,))
     else:
-        update = jax.jit(step.update, out_shardings=(rep, rep), donate_argnums=(0,))
+        update = jax.jit(step.update, out_shardings=(st, rep), donate_argnums=(0,))
 
     def run(state, frozen, scene, rng):
         trajs, source, tokens = cands(frozen, scene, rng)
@@ -423,10 +428,13 @@ def run(config, workdir: str) -> dict:
     rng = jax.random.PRNGKey(config.seed)
     k_init, k_train, k_eval = jax.random.split(rng, 3)
     state = init_state(config, model, example, k_init, tokens)
-    frozen = parallel.replicate(frozen, mesh)
+    state_sh = parallel.state_shardings(state, mesh, config.mesh)
+    frozen_sh = parallel.state_shardings(frozen, mesh, config.mesh)
+    frozen = jax.device_put(frozen, frozen_sh)
     fuse = bool(icfg.get("fuse_step", False))
     train_step = make_train_step(config, model, scorer_labels, policy_fn)
-    step_fn = jit_train_step(train_step, mesh, fuse=fuse)
+    step_fn = jit_train_step(train_step, mesh, fuse=fuse, state_sharding=state_sh,
+                             frozen_sharding=frozen_sh)
 
     def batches(start):
         it = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed,
@@ -434,7 +442,7 @@ def run(config, workdir: str) -> dict:
         return (scene for scene, _ in it)
 
     state, means = train(config, workdir, step_fn, state, frozen, batches, rng=k_train,
-                         place=lambda st: parallel.replicate(st, mesh))
+                         place=lambda st: jax.device_put(st, state_sh))
     eval_step = jit_eval_step(make_eval_step(config, model, scorer_labels, policy_fn), fuse,
                               train_step)
     limit = None if icfg.eval_scenes < 0 else icfg.eval_scenes

@@ -287,12 +287,17 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
     return update
 
 
-def jit_update(update: Callable, mesh=None) -> Callable:
-    """Jit an update; with a mesh: state / frozen / rng replicated, scenes on 'data'."""
+def jit_update(update: Callable, mesh=None, state_sharding=None, frozen_sharding=None
+               ) -> Callable:
+    """Jit an update; with a mesh: scenes split over it, state and frozen variables as
+    ``state_sharding`` / ``frozen_sharding`` (``parallel.state_shardings``: FSDP; None:
+    replicated), rng replicated."""
     if mesh is None:
         return jax.jit(update, donate_argnums=0)
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(update, in_shardings=(rep, rep, dat, rep), out_shardings=(rep, rep),
+    st = rep if state_sharding is None else state_sharding
+    fr = rep if frozen_sharding is None else frozen_sharding
+    return jax.jit(update, in_shardings=(st, fr, dat, rep), out_shardings=(st, rep),
                    donate_argnums=0)
 
 
@@ -344,8 +349,11 @@ def run(config, workdir: str) -> dict:
                                                      tokens), k_init)
     use_scorer = cfg.reward == "scorer" or bool(cfg.log_scorer)
     reward_fn = make_reward_fn(rwm_model, rwm_params, use_scorer, bool(cfg.closed_loop_ec))
-    update = jit_update(make_update(config, model, reward_fn), mesh)
-    frozen = parallel.replicate({"policy": il_vars}, mesh)
+    state_sh = parallel.state_shardings(state, mesh, config.mesh)
+    frozen = {"policy": il_vars}
+    frozen_sh = parallel.state_shardings(frozen, mesh, config.mesh)
+    frozen = jax.device_put(frozen, frozen_sh)
+    update = jit_update(make_update(config, model, reward_fn), mesh, state_sh, frozen_sh)
 
     def batches(start):
         it = loader.make_loader(config, config.data.train_split, mesh, seed=config.seed + 3,
@@ -353,7 +361,7 @@ def run(config, workdir: str) -> dict:
         return (scene for scene, _ in it)
 
     state = train(config, workdir, update, state, frozen, batches, rng=k_train,
-                  place=lambda st: parallel.replicate(st, mesh))
+                  place=lambda st: jax.device_put(st, state_sh))
 
     limit = None if cfg.eval_scenes < 0 else cfg.eval_scenes
     scenes, metas = loader.load_split_numpy(config, config.data.eval_split, limit)
