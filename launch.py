@@ -1,20 +1,25 @@
 """The one entry point: ``python launch.py [STAGE] [--config FILE] [--config.a.b=V ...] [--workdir DIR]``.
 
 Stages (run in this order by ``all``, the default):
-  data  generate the synthetic NAVSIM-format world (embedded default) and build the TFDS dataset
-  il    stage 1: imitation learning of the VLA policy
-  irl   stage 2: the reward world model, by inverse RL from the expert and the EPDMS scorer
-  rl    stage 3: PPO of the diffusion planner inside the reward world model
-  eval  EPDMS of the IL and RL policies side by side -> <workdir>/eval/eval.json
+  data    generate the synthetic NAVSIM-format world (embedded default) and build the TFDS dataset
+  il      stage 1: imitation learning of the VLA policy
+  irl     stage 2: the reward world model, by inverse RL from the expert and the EPDMS scorer
+  rl      stage 3: PPO of the diffusion planner inside the reward world model
+  eval    EPDMS of the baselines, IL and RL policies side by side -> <workdir>/eval/eval.json,
+          BEV pictures, every policy's plans, and the run's report <workdir>/report.html
+  submit  a NAVSIM leaderboard pickle of one policy's plans -> <workdir>/eval/submission.pkl
 
-With no arguments it runs ``all`` on configs/tiny.py (CPU, minutes). Examples:
+With no arguments it runs ``all`` on configs/tiny.py (CPU, minutes); ``--help`` lists the
+configs and common overrides. Examples:
   python launch.py data --config.data.dir=/scratch/irlvla
   python launch.py il --config configs/navsim.py --config.il.num_steps=100000 --workdir runs/x
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shlex
 import sys
 import time
 
@@ -24,7 +29,18 @@ from ml_collections import config_flags
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
-STAGES = ("data", "il", "irl", "rl", "eval")
+from irlvla_jax import tracking  # noqa: E402  (needs the repo on sys.path)
+
+STAGES = ("data", "il", "irl", "rl", "eval", "submit")
+#: What each stage does, for --help.
+STAGE_HELP = {
+    "data": "synthetic NAVSIM-format world (or real NAVSIM) -> TFDS dataset in config.data.dir",
+    "il": "stage 1: imitation learning of the VLA policy -> <workdir>/il",
+    "irl": "stage 2: reward world model by inverse RL -> <workdir>/irl",
+    "rl": "stage 3: PPO of the planner against the reward model -> <workdir>/rl",
+    "eval": "EPDMS table, BEV pictures -> <workdir>/eval; the run's <workdir>/report.html",
+    "submit": "NAVSIM leaderboard pickle of one policy -> <workdir>/eval/submission.pkl",
+}
 
 config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "tiny.py"),
                                 "An ml_collections config file (configs/*.py).",
@@ -50,7 +66,42 @@ def _stage_fn(stage: str):
     if stage == "eval":
         from irlvla_jax import evaluate
         return evaluate.run
+    if stage == "submit":
+        from irlvla_jax import submission
+        return submission.run
     raise app.UsageError(f"unknown stage '{stage}'; choose from {', '.join(STAGES)}, all")
+
+
+def usage() -> str:
+    """The help a person needs: stages, configs (found on disk), common overrides."""
+    ablations = sorted(os.path.splitext(os.path.basename(p))[0] for p in
+                       glob.glob(os.path.join(REPO, "configs", "ablations", "[!_]*.py")))
+    lines = ["usage: python launch.py [STAGE] [--config FILE] [--config.a.b=V ...] "
+             "[--workdir DIR] [--verbosity N]", "",
+             "stages (default: all = the six in order):"]
+    lines += [f"  {name:7s} {text}" for name, text in STAGE_HELP.items()]
+    lines += ["configs: configs/tiny.py (default: synthetic world, CPU, minutes), "
+              "configs/navsim.py (real NAVSIM),",
+              f"  configs/ablations/{{{','.join(ablations)}}}.py",
+              "common overrides (any config field: --config.SECTION.FIELD=VALUE):",
+              "  --workdir runs/x   --config.data.dir=/scratch/irlvla   "
+              "--config.data.batch_size=16",
+              "  --config.il.num_steps=100   --config.irl.num_steps=50   "
+              "--config.ppo.num_updates=20",
+              "  --config.ppo.reward=scorer   --config.eval.num_scenes=32   "
+              "--config.eval.submission_policy=il_policy",
+              "  --verbosity=0 (libraries' INFO logs)   --helpfull (every flag)"]
+    return "\n".join(lines)
+
+
+def record_command(workdir: str) -> None:
+    """Append this command line to ``<workdir>/commands.txt`` (the run's report shows it)."""
+    import jax
+    if jax.process_index() != 0:
+        return
+    line = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    with open(os.path.join(workdir, "commands.txt"), "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  (cd {shlex.quote(os.getcwd())}) {line}\n")
 
 
 def main(argv):
@@ -65,6 +116,7 @@ def main(argv):
     from irlvla_jax.parallel import maybe_initialize_distributed
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
+    record_command(workdir)
     if config.get("compilation_cache", True):
         # Stages compile some of the same programs (the scorer in il/irl/rl/eval) and re-runs
         # compile all of them again: XLA's persistent cache makes both a disk read.
@@ -86,4 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    tracking.run_app(main, usage())

@@ -1,6 +1,7 @@
 """EPDMS evaluation: policies (and baselines) planned on held-out scenes, scored by the JAX scorer.
 
     python launch.py eval          # IL vs RL policy (+ baselines) -> <workdir>/eval/eval.json
+                                   # (+ bev_*.png, plans.npz) and <workdir>/report.html
 
 A *planner* is any callable ``plan(scene_batch) -> np.ndarray [B, 8, 3]`` (rear-axle poses in
 the t = 0 ego frame). ``evaluate_planners`` plans every held-out scene, scores the plans with
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -22,6 +23,8 @@ from irlvla_jax import tracking, types
 from irlvla_jax.sim import report
 
 Planner = Callable[[types.Scene], np.ndarray]
+#: Every planner's plans of the eval stage, for ``python launch.py submit`` (:func:`save_plans`).
+PLANS_FILE = os.path.join("eval", "plans.npz")
 #: The headline table's columns (keys of a :func:`irlvla_jax.sim.report.summarise` row).
 COLUMNS = ["epdms", "pdms_v1", *types.SUBSCORE_NAMES]
 
@@ -148,23 +151,47 @@ def evaluate_planners(planners: Mapping[str, Planner], scenes: types.Scene,
 
 def save_bev_examples(path_prefix: str, scenes: types.Scene, plans: Mapping[str, np.ndarray],
                       count: int = 4) -> list[str]:
-    """BEV PNGs of the first ``count`` scenes with every policy's plan."""
+    """BEV PNGs of the first ``count`` scenes with every policy's plan (drawn in the order of
+    ``plans``, the last on top), each framed on the expert and the plans."""
     from irlvla_jax import viz
     paths = []
     n = int(np.shape(scenes.speed_limit)[0])
     for i in range(min(count, n)):
         one = select_scenes(scenes, i)
         p = f"{path_prefix}_{i}.png"
-        viz.save_scene_bev(p, one, plans={k: v[i] for k, v in plans.items()},
-                           title=f"held-out scene {i}")
+        mine = {k: v[i] for k, v in plans.items()}
+        expert = one.expert_future[one.expert_future_valid]
+        viz.save_scene_bev(p, one, plans=mine, title=f"held-out scene {i}",
+                           **viz.fit_view(expert, *mine.values()))
         paths.append(p)
     return paths
+
+
+def save_plans(path: str, metas: Sequence[types.SceneMeta], plans: Mapping[str, np.ndarray]
+               ) -> None:
+    """Write each planner's plans [N, 8, 3] with the N scenes' tokens and NAVSIM stage (1, or 2
+    for a navhard two-stage follow-up) to an ``.npz`` (:func:`load_plans` reads it)."""
+    stages = np.asarray([getattr(m, "stage", 1) for m in metas], np.int32)
+    tokens = np.asarray([m.token for m in metas], dtype=str)
+    clash = {"tokens", "stages"} & set(plans)
+    if clash:
+        raise ValueError(f"save_plans: a planner may not be named {sorted(clash)}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, tokens=tokens, stages=stages,
+             **{k: np.asarray(v, np.float32) for k, v in plans.items()})
+
+
+def load_plans(path: str) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """(N tokens, stages [N], planner name -> plans [N, 8, 3]) from :func:`save_plans`."""
+    with np.load(path) as f:
+        return ([str(t) for t in f["tokens"]], f["stages"],
+                {k: f[k] for k in f.files if k not in ("tokens", "stages")})
 
 
 def run(config, workdir: str) -> dict:
     """``python launch.py eval``: every available policy and the baselines on the eval split."""
     from irlvla_jax.data.loader import load_split_numpy
-    from irlvla_jax.train import stage_results
+    from irlvla_jax.train import loop, stage_results
     policies = stage_results.trained_planners(config, workdir)
     if not policies:
         raise SystemExit(f"eval: no trained policy found under {workdir} (looked in il/, "
@@ -179,15 +206,24 @@ def run(config, workdir: str) -> dict:
     planners.update(policies)
     table, plans = evaluate_planners(planners, scenes, metas=metas)
     result = {"split": config.data.eval_split, "policies": table}
+    # Baselines first, the trained policies last: the last plan is drawn on top.
     result["bev"] = save_bev_examples(os.path.join(out_dir, "bev"), scenes,
                                       {k: v for k, v in plans.items() if k != "human"})
+    loop.save_config(out_dir, config)
     if jax.process_index() == 0:
         tracking.write_json(os.path.join(out_dir, "eval.json"), result)
+        save_plans(os.path.join(workdir, PLANS_FILE), metas, plans)
     tracking.print_table(f"EPDMS on {config.data.eval_split} ({table['human']['num_scenes']} "
                          f"scenes)", table, COLUMNS + ["l2_2s"])
+    if jax.process_index() == 0:
+        from irlvla_jax import report as run_report
+        print(f"report: {run_report.write_report(workdir, config)}", flush=True)
     return result
 
 
 if __name__ == "__main__":
-    raise SystemExit("submission scoring moved: python -m irlvla_jax.submission --submission FILE "
-                     "[--config ...]")
+    raise SystemExit("irlvla_jax.evaluate is a library. Evaluate a run's policies with\n"
+                     "  python launch.py eval [--config FILE] [--workdir DIR]\n"
+                     "and score a NAVSIM submission pickle with\n"
+                     "  python -m irlvla_jax.submission --submission FILE [--config FILE]\n"
+                     "(--help on either says more).")

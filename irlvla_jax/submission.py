@@ -1,5 +1,6 @@
-"""NAVSIM submission pickles: read them safely, check them against a split, score them.
+"""NAVSIM submission pickles: write them from a run, read them safely, score them on a split.
 
+    python launch.py submit    # <workdir>/eval/submission.pkl from the eval stage's plans
     python -m irlvla_jax.submission --submission sub.pkl --config configs/navsim.py
         [--partial]            # score a submission that misses scenes (they count as EPDMS 0)
         [--first_stage_only]   # a two-stage (navhard) submission: score its first stage alone
@@ -18,6 +19,11 @@ Loading a pickle can run any code it names, so :class:`SubmissionUnpickler` buil
 submission holds: plain containers, numpy arrays, and NAVSIM's two classes (as the
 :class:`Trajectory` / :class:`TrajectorySampling` dataclasses here, so navsim need not be
 installed). Any other global (``builtins.eval``, ``os.system``, ...) is refused by name.
+
+:func:`write_submission` writes the same structure: its trajectories are those two dataclasses
+pickled under NAVSIM's and nuplan's names (:class:`OfficialNamesPickler`), so the file unpickles
+as ``navsim.common.dataclasses.Trajectory`` where navsim is installed (the leaderboard) and as
+plain data through :func:`read_submission` where it is not.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from irlvla_jax.sim import report
 METADATA_KEYS = ("team_name", "authors", "email", "institution", "country / region")
 #: How many tokens an error message or summary line lists.
 SHOW = 5
+#: NAVSIM's trajectory sampling: 8 poses at 0.5 s (4 s).
+NAVSIM_SAMPLING = dict(num_poses=types.PLAN_LEN, time_horizon=4.0, interval_length=0.5)
 
 
 @dataclasses.dataclass
@@ -64,6 +72,14 @@ class Submission:
     second_stage is empty for one-stage submissions and plain pickles."""
     first_stage: dict[str, np.ndarray]
     second_stage: dict[str, np.ndarray]
+
+
+#: The names NAVSIM's own pickles give the classes above.
+OFFICIAL_NAMES = {
+    Trajectory: ("navsim.common.dataclasses", "Trajectory"),
+    TrajectorySampling: ("nuplan.planning.simulation.trajectory.trajectory_sampling",
+                         "TrajectorySampling"),
+}
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
@@ -188,6 +204,110 @@ def read_submission(path: str) -> Submission:
     return Submission(_poses(path, "the token -> poses dict", obj), {})
 
 
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+class OfficialNamesPickler(pickle._Pickler):
+    """Pickles (protocol 4, what NAVSIM's Python writes) with :data:`OFFICIAL_NAMES`: our
+    :class:`Trajectory` / :class:`TrajectorySampling` are named as NAVSIM's and nuplan's classes,
+    whose pickled state (``__dict__``) they share field by field. numpy's functions are named
+    ``numpy.core.*``: numpy 2 writes ``numpy._core``, which numpy < 1.26 cannot load; every
+    numpy loads ``numpy.core``.
+
+    The pure-Python pickler, as its ``save_global`` can be overridden: the C pickler imports
+    each class by its name to check it, and navsim need not be installed to write a submission.
+    """
+
+    def __init__(self, file):
+        super().__init__(file, protocol=4)
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        module, qualname = OFFICIAL_NAMES.get(obj, (None, None))
+        if module is None:
+            module = getattr(obj, "__module__", None) or ""
+            if not module.startswith("numpy._core."):
+                return super().save_global(obj, name)
+            module = "numpy.core." + module[len("numpy._core."):]
+            qualname = name or obj.__qualname__
+        self.save(module)
+        self.save(qualname)
+        self.write(pickle.STACK_GLOBAL)
+        self.memoize(obj)
+
+
+def write_submission(path: str, first_stage: Mapping[str, Any],
+                     second_stage: Mapping[str, Any] | None = None,
+                     metadata: Mapping[str, str] | None = None) -> str:
+    """Write a leaderboard submission pickle; returns ``path``.
+
+    first_stage / second_stage: token -> poses [8, 3] (x, y, heading of the rear axle in the
+    scene's t = 0 ego frame at 0.5 .. 4 s); second_stage only for two-stage (navhard) splits.
+    metadata: :data:`METADATA_KEYS` -> str (a missing key is written empty). The structure is
+    NAVSIM's ``run_create_submission_pickle``: the metadata, ``first_stage_predictions =
+    [{token: Trajectory}]`` and ``second_stage_predictions = [{token: Trajectory}]`` (``[{}]``
+    for a one-stage split, as NAVSIM writes it), each Trajectory with poses float32 [8, 3] and
+    ``TrajectorySampling(num_poses=8, time_horizon=4.0, interval_length=0.5)``. Raises
+    ValueError for malformed or non-finite poses (by token) or an unknown metadata key.
+    """
+    metadata = dict(metadata or {})
+    unknown = sorted(set(metadata) - set(METADATA_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown submission metadata {unknown}; the keys are "
+                         f"{list(METADATA_KEYS)}")
+    sampling = TrajectorySampling(**NAVSIM_SAMPLING)
+
+    def trajectories(where: str, preds: Mapping[str, Any]) -> dict[str, Trajectory]:
+        return {t: Trajectory(p, sampling) for t, p in _poses(path, where, [dict(preds)]).items()}
+
+    obj = {**{k: str(metadata.get(k, "")) for k in METADATA_KEYS},
+           "first_stage_predictions": [trajectories("first_stage", first_stage)],
+           "second_stage_predictions": [trajectories("second_stage", second_stage or {})]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        OfficialNamesPickler(f).dump(obj)
+    os.replace(tmp, path)
+    return path
+
+
+#: config.eval field -> submission metadata key.
+CONFIG_METADATA = {"team_name": "team_name", "authors": "authors", "email": "email",
+                   "institution": "institution", "country": "country / region"}
+def run(config, workdir: str) -> dict[str, Any]:
+    """``python launch.py submit``: the plans of ``config.eval.submission_policy`` from the eval
+    stage (``<workdir>/eval/plans.npz``) -> ``<workdir>/eval/submission.pkl``, with the
+    metadata of ``config.eval`` (team_name, authors, email, institution, country).
+
+    Scenes of stage 2 (navhard two-stage) go into the second stage. Returns a summary dict."""
+    import jax
+    plans_path = os.path.join(workdir, evaluate.PLANS_FILE)
+    if not os.path.exists(plans_path):
+        raise SystemExit(f"submit: no plans at {plans_path}: run `python launch.py eval` first "
+                         f"(with the same --workdir)")
+    ecfg = config.eval
+    policy = ecfg.get("submission_policy", "rl_policy")
+    tokens, stages, all_plans = evaluate.load_plans(plans_path)
+    if policy not in all_plans:
+        raise SystemExit(f"submit: {plans_path} holds no plans of {policy!r} (it has "
+                         f"{', '.join(all_plans)}): pass --config.eval.submission_policy=NAME, "
+                         f"or train that policy and run `python launch.py eval` again")
+    plans = all_plans[policy]
+    first = {t: p for t, p, s in zip(tokens, plans, stages) if s != 2}
+    second = {t: p for t, p, s in zip(tokens, plans, stages) if s == 2}
+    metadata = {key: str(ecfg.get(field, "")) for field, key in CONFIG_METADATA.items()}
+    path = os.path.join(workdir, "eval", "submission.pkl")
+    if jax.process_index() == 0:
+        write_submission(path, first, second, metadata)
+    stage2 = f" + {len(second)} second-stage" if second else ""
+    print(f"submit: {policy} plans of {len(first)} scenes{stage2} -> {path}", flush=True)
+    empty = [f for f, key in CONFIG_METADATA.items() if not metadata[key]]
+    if empty:
+        print(f"submit: set {', '.join(empty)} before uploading it "
+              f"(--config.eval.{empty[0]}=...)", flush=True)
+    return {"path": path, "policy": policy, "first_stage": len(first),
+            "second_stage": len(second)}
+
+
 def score_predictions(preds: Mapping[str, np.ndarray], scenes: types.Scene,
                       metas: Sequence[types.SceneMeta], *, allow_partial: bool = False,
                       source: str = "submission", split: str = "the split") -> dict[str, Any]:
@@ -255,18 +375,33 @@ def score_submission(config, path: str, *, allow_partial: bool = False,
     return summary
 
 
+USAGE = """\
+usage: python -m irlvla_jax.submission --submission FILE [--config FILE] [--config.a.b=V ...]
+                                       [--partial] [--first_stage_only]
+
+Score a NAVSIM submission pickle on config.data.eval_split with the JAX EPDMS scorer.
+  --submission FILE   NAVSIM v2 (first/second stage), v1 ("predictions") or {token: poses [8, 3]}
+  --config FILE       configs/tiny.py (default: the synthetic world) or configs/navsim.py
+  --config.data.eval_split=navtest    the split to score on (its scenes are the tokens)
+  --partial           score a submission that misses scenes: each counts as EPDMS 0
+  --first_stage_only  a two-stage (navhard) submission: score its first stage alone
+  --verbosity=0       show the libraries' INFO logs too
+Write one from a trained run: python launch.py submit [--config.eval.submission_policy=il_policy]
+  -> <workdir>/eval/submission.pkl (set --config.eval.team_name=... etc. before uploading)
+"""
+
+
 def main(argv):
     from absl import flags
     f = flags.FLAGS
-    if not f.submission:
-        raise SystemExit("usage: python -m irlvla_jax.submission --submission FILE "
-                         "[--config ...] [--partial] [--first_stage_only]")
+    if len(argv) > 1 or not f.submission:
+        raise SystemExit(USAGE)
     score_submission(f.config, f.submission, allow_partial=f.partial,
                      first_stage_only=f.first_stage_only)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
     _repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config_flags.DEFINE_config_file("config", os.path.join(_repo, "configs", "tiny.py"))
@@ -275,4 +410,4 @@ if __name__ == "__main__":
                       "counting each missing scene as a failure (EPDMS 0)")
     flags.DEFINE_bool("first_stage_only", False, "score only the first stage of a two-stage "
                       "(navhard) submission")
-    app.run(main)
+    tracking.run_app(main, USAGE)

@@ -1,14 +1,73 @@
-"""Run outputs a program and a person can read: metrics as JSON lines + TensorBoard, tables."""
+"""Run outputs a program and a person can read: metrics as JSON lines + TensorBoard, tables, and
+a console that shows the run's events rather than its libraries' chatter."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Mapping
 
 import numpy as np
+
+#: Libraries that log routine progress at INFO (orbax's checkpoint manager and TFDS's dataset
+#: info through absl, grain, pyogrio's map writes): off unless ``--verbosity=0`` or more. jax's
+#: loggers are left at their default level, which follows the root logger's: jax reads the
+#: "jax" logger's level when it is imported, and a level set there makes it add a second handler.
+LIBRARY_LOGGERS = ("absl", "orbax", "tensorflow_datasets", "grain", "etils", "pyogrio")
+#: Library warnings that every run of this project triggers and that need no action (TFDS on
+#: our builder's custom config and on a dataset folder it is about to write), by message start.
+ROUTINE_WARNINGS = ("Using custom data configuration", "Variant folder")
+#: The project's own logger: its INFO records are stage events (a resume, anchors written).
+PROJECT_LOGGER = "irlvla_jax"
+
+
+class _DropRoutineWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING
+                    and str(record.msg).startswith(ROUTINE_WARNINGS))
+
+
+class _PlainStderr(logging.StreamHandler):
+    """The message alone, on whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_console(verbosity: int = -1) -> None:
+    """What a run prints, by absl's verbosity scale (``--verbosity``).
+
+    -1 (launch.py's default): libraries log warnings and errors only, less the
+    :data:`ROUTINE_WARNINGS`; 0: their INFO logs too (absl's default); 1: DEBUG. At every level
+    the project's own INFO records print as plain lines (no absl prefix): they are the run's
+    events. Errors and tracebacks are never filtered.
+    """
+    level = (logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0
+             else logging.DEBUG)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(verbosity)
+    logging.getLogger().setLevel(level)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    absl_logger = logging.getLogger("absl")
+    for f in [f for f in absl_logger.filters if isinstance(f, _DropRoutineWarnings)]:
+        absl_logger.removeFilter(f)
+    if verbosity < 0:
+        absl_logger.addFilter(_DropRoutineWarnings())
+    ours = logging.getLogger(PROJECT_LOGGER)
+    ours.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+    ours.propagate = False
+    if not any(isinstance(h, _PlainStderr) for h in ours.handlers):
+        ours.addHandler(_PlainStderr())
 
 
 def _plain(v: Any) -> Any:
@@ -18,6 +77,26 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+#: The command-line flags that ask for help (absl's, and the usual short one).
+HELP_FLAGS = frozenset({"-h", "--help", "-?", "--helpshort"})
+
+
+def run_app(main, usage: str) -> None:
+    """``absl.app.run(main)`` for an entry point a person runs: ``-h`` / ``--help`` print
+    ``usage`` (not absl's flag dump; ``--helpfull`` still lists every flag), and ``--verbosity``
+    is -1 unless given, and sets up the console (:func:`configure_console`) before ``main``."""
+    from absl import app, flags
+    if HELP_FLAGS & set(sys.argv[1:]):
+        print(usage.rstrip())
+        sys.exit(0)
+
+    def configured_main(argv):
+        given = flags.FLAGS["verbosity"].present
+        configure_console(flags.FLAGS.verbosity if given else -1)
+        return main(argv)
+    app.run(configured_main)
 
 
 def _drop_records_after(path: str, step: int) -> None:

@@ -11,7 +11,7 @@ display needed), so this works headless and inside training loops.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,7 +34,13 @@ ON_ROUTE_COLOR = "#c9dcf5"
 #: Agent colours: vehicles, pedestrians, bicycles; all static classes share the last one.
 AGENT_COLORS = {types.VEHICLE: "#1f4fbf", types.PEDESTRIAN: "#e07b00", types.BICYCLE: "#9b3fbf"}
 STATIC_COLOR = "#8c6d46"
-PLAN_COLORS = ("#d62728", "#ff7f0e", "#9467bd", "#17becf", "#bcbd22", "#e377c2", "#8c564b")
+#: Plan colours and markers in drawing order: none is the lights' red / green, the ego's teal or
+#: the vehicles' blue, and each plan has its own marker.
+PLAN_COLORS = ("#ff7f0e", "#5e3c99", "#e7298a", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f")
+PLAN_MARKERS = ("s", "D", "^", "v", "P", "X", "o")
+#: Line width of the last plan drawn; each earlier plan is this much wider, so a plan drawn over
+#: another along the same path leaves the one beneath visible as a border.
+PLAN_WIDTH = 1.5
 
 
 def _page(xy: np.ndarray) -> np.ndarray:
@@ -84,7 +90,8 @@ def plot_scene_bev(scene: types.Scene,
     Args:
       scene: one unbatched Scene (numpy or jax arrays).
       plans: name -> poses [8,3] or [K,8,3] (x, y, heading; t = 0.5..4 s, ego frame); K samples
-        of one policy share its colour and legend entry.
+        of one policy share its colour and legend entry. Drawn in this order, each over the
+        previous ones and narrower (put the plan that matters most last).
       scores: name -> value, printed in a box (e.g. EPDMS and sub-scores).
       ax: draw into this Axes (its figure is returned); None makes a new 7x7 in figure.
       title: axes title.
@@ -160,19 +167,23 @@ def plot_scene_bev(scene: types.Scene,
         ax.plot(exp[:, 0], exp[:, 1], "o-", color=EXPERT_COLOR, ms=3, lw=2, zorder=7.5,
                 label="expert")
 
-    for i, (name, plan) in enumerate((plans or {}).items()):
+    plans = dict(plans or {})
+    for i, (name, plan) in enumerate(plans.items()):
         plan = np.asarray(plan, np.float64)
         if plan.ndim == 2:
             plan = plan[None]
         if plan.ndim != 3 or plan.shape[-1] < 2:
             raise ValueError(f"plot_scene_bev: plan {name!r} has shape {plan.shape}, expected "
                              "[T,3] or [K,T,3]")
-        color = PLAN_COLORS[i % len(PLAN_COLORS)]
-        alpha = 0.9 if len(plan) == 1 else max(0.15, 0.9 / np.sqrt(len(plan)))
+        wider = len(plans) - 1 - i                  # how many plans are drawn over this one
+        style = dict(color=PLAN_COLORS[i % len(PLAN_COLORS)],
+                     marker=PLAN_MARKERS[i % len(PLAN_MARKERS)], lw=PLAN_WIDTH * (1 + wider),
+                     ms=6, mec="white", mew=0.7, zorder=8 + 0.01 * i,
+                     alpha=0.95 if len(plan) == 1 else max(0.15, 0.9 / np.sqrt(len(plan))))
         for k, traj in enumerate(plan):
             pts = _page(np.concatenate([np.zeros((1, 2)), traj[:, :2]]))
-            ax.plot(pts[:, 0], pts[:, 1], "o-", color=color, ms=2.5, lw=1.6, alpha=alpha,
-                    zorder=8, label=name if k == 0 else None)
+            ax.plot(pts[:, 0], pts[:, 1], markevery=slice(1, None),
+                    label=name if k == 0 else None, **style)
 
     ego = box_outline(np.array([EGO_REAR_AXLE_TO_CENTER_M, 0.0]), 0.0, EGO_LENGTH_M,
                       EGO_WIDTH_M)
@@ -195,6 +206,20 @@ def plot_scene_bev(scene: types.Scene,
         ax.set_title(title)
     ax.legend(loc="lower right", fontsize=7, framealpha=0.85)
     return fig
+
+
+def fit_view(*poses: np.ndarray, margin: float = 8.0, min_span: float = 30.0
+             ) -> dict[str, Any]:
+    """``x_range`` and ``y_half`` for :func:`plot_scene_bev` that show the ego and every given
+    pose ([..., 2+] ego frame, e.g. plans [K, 8, 3] and the expert [T, 3]) with ``margin``
+    metres around, as a square at least ``min_span`` metres wide (the axes keep equal scale)."""
+    pts = [np.zeros((1, 2))] + [np.asarray(p, np.float64)[..., :2].reshape(-1, 2) for p in poses]
+    pts = np.concatenate(pts)
+    pts = pts[np.isfinite(pts).all(-1)]
+    lo, hi = pts[:, 0].min() - margin, pts[:, 0].max() + margin
+    half = max(np.abs(pts[:, 1]).max() + margin, (hi - lo) / 2, min_span / 2)
+    mid = (lo + hi) / 2
+    return {"x_range": (mid - half, mid + half), "y_half": half}
 
 
 def save_scene_bev(path: str | os.PathLike, scene: types.Scene, dpi: int = 100,

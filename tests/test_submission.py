@@ -1,14 +1,18 @@
 """Submission pickles (``irlvla_jax.submission``): only submission data loads, NAVSIM's structure
 reads, and partial, two-stage or non-finite submissions are refused or reported by token; a
-complete submission scores exactly like the same plans in the eval table.
+complete submission scores exactly like the same plans in the eval table. A submission the
+project writes reads back with the same tokens and poses, and has NAVSIM's structure key by key:
+it unpickles as navsim's own classes where they are installed.
 
 One compiled scorer (16-scene chunks of scorer_scenes' sizes) serves the whole file.
 """
 
 import builtins
 import dataclasses
+import math
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 from types import ModuleType
@@ -41,8 +45,10 @@ def expert(split):
 
 @pytest.fixture
 def navsim_classes(monkeypatch):
-    """NAVSIM's Trajectory and nuplan's TrajectorySampling under their real module names, so
-    that pickles written here name them as a NAVSIM submission does."""
+    """NAVSIM's Trajectory and nuplan's TrajectorySampling under their real module names, as the
+    devkits define them (navsim/common/dataclasses.py, nuplan's trajectory_sampling.py: a
+    non-frozen dataclass that fills in its third field), so that pickles written here name them
+    as a NAVSIM submission does and pickles read here build them."""
     modules = {}
     for name in ("navsim", "navsim.common", "navsim.common.dataclasses", "nuplan",
                  "nuplan.planning", "nuplan.planning.simulation",
@@ -51,16 +57,39 @@ def navsim_classes(monkeypatch):
         modules[name] = ModuleType(name)
         monkeypatch.setitem(sys.modules, name, modules[name])
 
-    @dataclasses.dataclass(frozen=True)
+    @dataclasses.dataclass
     class TrajectorySampling:
         num_poses: int | None = None
         time_horizon: float | None = None
         interval_length: float | None = None
 
+        def __post_init__(self):
+            if self.time_horizon:
+                self.time_horizon = float(self.time_horizon)
+            if self.interval_length:
+                self.interval_length = float(self.interval_length)
+            if self.num_poses is None:
+                self.num_poses = int(self.time_horizon / self.interval_length)
+            elif self.time_horizon is None:
+                self.time_horizon = self.num_poses * self.interval_length
+
+        def __hash__(self):
+            return hash((self.num_poses, self.time_horizon, self.interval_length))
+
+        def __eq__(self, other):
+            return (isinstance(other, TrajectorySampling) and other.num_poses == self.num_poses
+                    and math.isclose(other.time_horizon, self.time_horizon)
+                    and math.isclose(other.interval_length, self.interval_length))
+
     @dataclasses.dataclass
     class Trajectory:
         poses: np.ndarray
-        trajectory_sampling: TrajectorySampling = TrajectorySampling(8, 4.0, 0.5)
+        trajectory_sampling: TrajectorySampling = TrajectorySampling(time_horizon=4,
+                                                                     interval_length=0.5)
+
+        def __post_init__(self):
+            assert self.poses.ndim == 2 and self.poses.shape[1] == 3
+            assert self.poses.shape[0] == self.trajectory_sampling.num_poses
 
     for cls, module in ((TrajectorySampling, "nuplan.planning.simulation.trajectory."
                                              "trajectory_sampling"),
@@ -206,3 +235,107 @@ def test_a_second_stage_is_refused_unless_first_stage_only(tmp_path, split, expe
     assert row["second_stage_not_scored"] == 1
     out = capsys.readouterr().out
     assert "sub.pkl on navhard_two_stage" in out and "1 predictions not scored" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+def _globals(path):
+    """The (module, name) pairs a pickle loads, numpy 2's ``numpy._core`` read as ``numpy.core``."""
+    with open(path, "rb") as f:
+        ops = list(pickletools.genops(f.read()))
+    out, strings = set(), []
+    for op, arg, _ in ops:
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif op.name == "STACK_GLOBAL":
+            out.add((strings[-2].replace("numpy._core.", "numpy.core."), strings[-1]))
+        elif op.name == "GLOBAL":
+            module, name = arg.split(" ")
+            out.add((module.replace("numpy._core.", "numpy.core."), name))
+    return out
+
+
+def test_a_written_submission_reads_back_with_the_same_tokens_and_poses(tmp_path, expert):
+    preds, _ = expert
+    second = {f"{t}_b": p[::-1] * 0.5 for t, p in preds.items()}
+    path = submission.write_submission(str(tmp_path / "sub.pkl"), preds, second,
+                                       {"team_name": "t", "email": "a@b.c"})
+    sub = submission.read_submission(path)
+    for got, want in ((sub.first_stage, preds), (sub.second_stage, second)):
+        assert list(got) == list(want)
+        for t, p in want.items():
+            np.testing.assert_array_equal(got[t], p)
+            assert got[t].dtype == np.float32
+    assert submission.read_submission(submission.write_submission(
+        str(tmp_path / "one.pkl"), preds)).second_stage == {}
+
+
+def test_a_written_submission_has_navsims_structure_key_by_key(tmp_path, navsim_classes,
+                                                               expert):
+    """Unpickled with navsim installed (here: its classes under their module names) the file is
+    what NAVSIM's run_create_submission_pickle writes, down to the classes, their fields and the
+    globals the pickle loads."""
+    preds, _ = expert
+    meta = {k: f"{k} value" for k in submission.METADATA_KEYS}
+    mine = submission.write_submission(str(tmp_path / "mine.pkl"), preds, metadata=meta)
+    official = _write(tmp_path / "official.pkl", {
+        **meta, "first_stage_predictions": [{t: navsim_classes(p) for t, p in preds.items()}],
+        "second_stage_predictions": [{}]}, protocol=4)
+    with open(mine, "rb") as f:
+        got = pickle.load(f)          # the plain unpickler: navsim's classes, no reader mapping
+    with open(official, "rb") as f:
+        want = pickle.load(f)
+    assert list(got) == list(want)
+    for k in submission.METADATA_KEYS:
+        assert got[k] == want[k]
+    assert got["second_stage_predictions"] == want["second_stage_predictions"] == [{}]
+    [g], [w] = got["first_stage_predictions"], want["first_stage_predictions"]
+    assert list(g) == list(w) == list(preds)
+    for t in preds:
+        assert type(g[t]) is type(w[t]) is navsim_classes
+        assert vars(g[t]).keys() == vars(w[t]).keys()
+        assert g[t].poses.dtype == w[t].poses.dtype == np.float32 and g[t].poses.shape == (8, 3)
+        np.testing.assert_array_equal(g[t].poses, w[t].poses)
+        assert type(g[t].trajectory_sampling) is type(w[t].trajectory_sampling)
+        assert vars(g[t].trajectory_sampling) == vars(w[t].trajectory_sampling) == {
+            "num_poses": 8, "time_horizon": 4.0, "interval_length": 0.5}
+    assert _globals(mine) == _globals(official)
+    assert not any(m.startswith("numpy._core") for m, _ in _globals(mine))   # numpy 1.x reads it
+
+
+def test_writing_refuses_bad_poses_and_unknown_metadata(tmp_path, expert):
+    preds, _ = expert
+    path = str(tmp_path / "sub.pkl")
+    with pytest.raises(ValueError, match="first_stage: the poses of 1 tokens hold NaN/inf: s3"):
+        submission.write_submission(path, dict(preds, s3=np.full((8, 3), np.nan)))
+    with pytest.raises(ValueError, match=r"token s0: poses have shape \(4, 3\)"):
+        submission.write_submission(path, dict(preds, s0=np.zeros((4, 3))))
+    with pytest.raises(ValueError, match="unknown submission metadata \\['country'\\]"):
+        submission.write_submission(path, preds, metadata={"country": "x"})
+    assert not os.path.exists(path)
+
+
+def test_the_submit_stage_writes_the_chosen_policys_plans(tmp_path, split, capsys):
+    scenes, metas = split
+    plans = {"constant_velocity": evaluate.constant_velocity_plan(scenes),
+             "human": evaluate.expert_plan(scenes)}
+    evaluate.save_plans(str(tmp_path / evaluate.PLANS_FILE), metas, plans)
+    config = ml_collections.ConfigDict({"eval": {"submission_policy": "constant_velocity",
+                                                 "team_name": "irl", "country": "here"}})
+    out = submission.run(config, str(tmp_path))
+    sub = submission.read_submission(out["path"])
+    assert list(sub.first_stage) == [m.token for m in metas] and sub.second_stage == {}
+    np.testing.assert_allclose(np.stack(list(sub.first_stage.values())),
+                               plans["constant_velocity"])
+    with open(out["path"], "rb") as f:
+        raw = submission.SubmissionUnpickler(f).load()
+    assert raw["team_name"] == "irl" and raw["country / region"] == "here"
+    printed = capsys.readouterr().out
+    assert f"constant_velocity plans of {len(metas)} scenes" in printed
+    assert "set authors, email, institution before uploading" in printed
+    config.eval.submission_policy = "rl_policy"
+    with pytest.raises(SystemExit, match="no plans of 'rl_policy'.*submission_policy"):
+        submission.run(config, str(tmp_path))
+    with pytest.raises(SystemExit, match="run `python launch.py eval` first"):
+        submission.run(config, str(tmp_path / "elsewhere"))

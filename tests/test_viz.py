@@ -123,3 +123,37 @@ def test_camera_grid(tmp_path, scene):
     assert (np.abs(img - [120, 160, 220]).sum(-1) < 10).sum() > 100
     with pytest.raises(ValueError, match="camera names"):
         viz.plot_camera_grid(scene, camera_names=("CAM_F0",))
+
+
+def test_plans_along_the_same_path_all_stay_visible(scene):
+    """Three policies planning the same straight path (eval's bev_1.png hid the RL plan under
+    another): each later plan is drawn over, and narrower than, the one before, in its own
+    colour and marker, so every plan's colour shows around the shared path."""
+    path = np.stack([np.arange(1, 9) * 2.5, np.zeros(8), np.zeros(8)], 1)
+    names = ["constant_velocity", "il_policy", "rl_policy"]
+    fig = viz.plot_scene_bev(scene, plans={n: path for n in names},
+                             **viz.fit_view(path, margin=4.0))
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_label() in names}
+    widths = [lines[n].get_linewidth() for n in names]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 3
+    assert [lines[n].get_zorder() for n in names] == sorted(lines[n].get_zorder() for n in names)
+    assert len({lines[n].get_color() for n in names}) == 3
+    assert len({lines[n].get_marker() for n in names}) == 3
+    # Between two waypoints (no markers), across the path: every plan's colour is drawn.
+    fig.canvas.draw()
+    buf = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+    px, py = ax.transData.transform((0.0, 8.75))
+    row = buf[int(round(buf.shape[0] - py)), int(px) - 8:int(px) + 9]
+    for color in viz.PLAN_COLORS[:3]:
+        want = np.array(mcolors.to_rgb(color)) * 255
+        assert (np.abs(row - want).max(-1) < 40).any(), color
+    assert same_color(rgb_at(fig, ax, 8.75, 0.0), viz.PLAN_COLORS[2], tol=40)
+
+
+def test_fit_view_frames_the_ego_and_every_pose_as_a_square():
+    view = viz.fit_view(np.array([[30.0, -5.0, 0.0]]), np.array([[[10.0, 12.0, 0.0]]]),
+                        margin=2.0)
+    (lo, hi), half = view["x_range"], view["y_half"]
+    assert hi - lo == pytest.approx(2 * half)
+    assert lo <= -2.0 and hi >= 32.0 and half >= 14.0
