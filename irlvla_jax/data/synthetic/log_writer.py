@@ -3,21 +3,23 @@ frame dicts, spec/NAVSIM_FORMAT.md "A log pickle") and its sensor blobs
 ``sensor_blobs/<split>/<log>/CAM_*/<hash>.jpg`` + ``MergedPointCloud/<hash>.pcd``.
 
 Everything is derived from names and the seed, so the same inputs give byte-identical pickles.
+The pickles are written for the official devkit: numpy-1 module paths (``numpy1_pickle``) and
+the full map location name (``us-nv-las-vegas-strip``, never nuPlan's ``las_vegas`` alias, which
+NAVSIM's Scene loader rejects).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
 import shapely
 
-from irlvla_jax.data import render, sensor_io
+from irlvla_jax.data import numpy1_pickle, render, sensor_io
 from irlvla_jax.data.synthetic import rig
-from irlvla_jax.data.synthetic.road import LOG_MAP_NAME, RoadMap
+from irlvla_jax.data.synthetic.road import RoadMap
 from irlvla_jax.data.synthetic.world import LogTruth
 
 #: Ground and box colours of the rendered world.
@@ -161,7 +163,7 @@ def write_log(road: RoadMap, ground: GroundCache, truth: LogTruth, render_frames
             token=tokens[i], frame_idx=i, timestamp=LOG_START_US + i * FRAME_US,
             log_name=name, log_token=log_token, scene_name=f"{name}-scene-0",
             scene_token=scene_token, vehicle_name=(name.split("_") + ["veh-0"])[1],
-            map_location=LOG_MAP_NAME.get(road.location, road.location),
+            map_location=road.location,   # the full name: NAVSIM asserts it is one of four
             roadblock_ids=[str(r) for r in truth.route[i]],
             can_bus=can_bus, lidar_path=lidar_rel,
             lidar2ego_translation=lidar2ego[:3, 3].copy(),
@@ -178,5 +180,5 @@ def write_log(road: RoadMap, ground: GroundCache, truth: LogTruth, render_frames
     path = root / "navsim_logs" / split / f"{name}.pkl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        pickle.dump(frames, f, protocol=4)
+        numpy1_pickle.dump(frames, f)   # NAVSIM pins numpy 1.23
     return path

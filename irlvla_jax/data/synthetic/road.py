@@ -33,8 +33,6 @@ MAP_LOCATIONS = {
     "us-nv-las-vegas-strip": ("EPSG:32611", (664_000.0, 3_997_000.0), "9.15.1915"),
     "us-pa-pittsburgh-hazelwood": ("EPSG:32617", (587_000.0, 4_477_000.0), "9.17.1937"),
 }
-#: The ``map_location`` a log stores (nuPlan names Las Vegas logs "las_vegas"; NAVSIM maps it).
-LOG_MAP_NAME = {"us-nv-las-vegas-strip": "las_vegas"}
 #: Grid shape (nodes x, nodes y) and node spacing (m) per location: Las Vegas is the big one.
 _GRID = {
     "us-nv-las-vegas-strip": (4, 3, 130.0),
