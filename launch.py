@@ -46,6 +46,11 @@ config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "tiny.py
                                 "An ml_collections config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process jobs: HOST:PORT of process 0 (with --num_processes and "
+                    "--process_id); without it SLURM / TPU pods are detected by JAX.")
+flags.DEFINE_integer("num_processes", None, "Multi-process jobs: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process jobs: this process's index.")
 
 
 def _stage_fn(stage: str):
@@ -90,6 +95,9 @@ def usage() -> str:
               "--config.ppo.num_updates=20",
               "  --config.ppo.reward=scorer   --config.eval.num_scenes=32   "
               "--config.eval.submission_policy=il_policy",
+              "  --config.mesh.fsdp=8 (FSDP: state split over 8 devices)",
+              "multi-process: --coordinator_address=HOST:PORT --num_processes=N --process_id=I "
+              "(SLURM / TPU pods: detected)",
               "  --verbosity=0 (libraries' INFO logs)   --helpfull (every flag)"]
     return "\n".join(lines)
 
@@ -114,7 +122,8 @@ def main(argv):
     config = flags.FLAGS.config
     workdir = os.path.abspath(flags.FLAGS.workdir or os.path.join(REPO, config.workdir))
     from irlvla_jax.parallel import maybe_initialize_distributed
-    maybe_initialize_distributed()
+    maybe_initialize_distributed(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                                 flags.FLAGS.process_id)
     os.makedirs(workdir, exist_ok=True)
     record_command(workdir)
     if config.get("compilation_cache", True):

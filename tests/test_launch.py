@@ -34,7 +34,9 @@ def test_a_stage_before_its_inputs_says_which_stage_to_run(stage, needs, tmp_pat
     assert f"run `python launch.py {needs}` first" in out, out[-2000:]
 
 
-def test_a_negative_step_count_is_refused_before_any_work(tmp_path):
+def test_a_negative_step_count_is_refused_before_any_work(tmp_path, monkeypatch):
+    # SLURM_NTASKS=1 (a one-task SLURM job): start-up must not try to join a cluster
+    monkeypatch.setenv("SLURM_NTASKS", "1")
     proc = _launch("il", "--workdir", str(tmp_path), "--config.il.num_steps=-5")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
