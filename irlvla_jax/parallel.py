@@ -90,6 +90,16 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
                         tree)
 
 
+def to_host(tree: Any) -> Any:
+    """numpy copies of a pytree of (possibly sharded) arrays: ``jax.device_get`` on one
+    process; on several, every process gathers the whole arrays (``process_allgather``), since
+    a process cannot read another's shards."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 

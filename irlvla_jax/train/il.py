@@ -169,7 +169,7 @@ def evaluate_open_loop(eval_step: Callable, state: TrainState, batches: Iterable
         outs.append({k: dev_out[k] for k in ("l2", "l2_valid", "collision")})
     if not outs:
         raise ValueError("evaluate_open_loop: the evaluation split yielded no batches")
-    outs, scores = jax.device_get((outs, scores))
+    outs, scores = parallel.to_host((outs, scores))
     l2_sum, l2_cnt = np.zeros(len(L2_HORIZONS_S)), np.zeros(len(L2_HORIZONS_S))
     coll, n = 0.0, 0
     for out in outs:

@@ -217,13 +217,18 @@ def run(spec: LoopSpec, out_dir: str, step_fn: StepFn, state: Any,
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=spec.keep_ckpts)
     writer = None
     try:
-        restored = _restore(ckpt, state, out_dir, config)
+        # placed first, so that a checkpoint is restored straight into the state's shardings
+        # (multi-host: every process reads only its own shards)
+        state = place(state) if place is not None else state
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+            if isinstance(x, jax.Array) else x, state)
+        restored = _restore(ckpt, abstract, out_dir, config)
         start, extra = 0, {}
         if restored is not None:
             state, start, extra = restored
             log.info("%s: resumed from step %d", spec.stage, start)
         save_config(out_dir, config)
-        state = place(state) if place is not None else state
         means = dict(extra.get("running_means", {})) if running_means else {}
         sums = {k: v * start for k, v in means.items()}
         writer = tracking.MetricWriter(out_dir, resume_step=start)
