@@ -103,3 +103,13 @@ def test_read_scene_reads_only_what_the_token_needs(world, tmp_path):
     assert meta.token == f"{7:016x}_s2" and meta.stage == 2
     with pytest.raises(BadInputError, match="s0_truncated"):   # a token found nowhere
         reader.read_scene(SPLIT, "unused", "no_such_token")
+
+
+def test_a_two_stage_folder_of_any_name_is_a_two_stage_split(world, read, tmp_path):
+    nf.write_two_stage(tmp_path, "private_demo_two_stage")
+    reader = SceneReader(tmp_path, world / "maps", SIZES, skip_bad=True)
+    assert reader.splits() == ["private_demo_two_stage"]
+    spec = reader.split_spec("private_demo_two_stage")
+    assert spec.two_stage and spec.num_future == 8
+    got = list(reader.iter_split("private_demo_two_stage"))
+    assert [m.token for _, m in got] == [m.token for _, m in read[0]]

@@ -151,6 +151,26 @@ def test_token_list_filter(world, tmp_path):
     assert [m.token for _, m in reader.iter_split("mini")] == [f"{4:016x}"]
 
 
+def test_any_log_folder_is_a_split(world, scenes, tmp_path):
+    """A root whose split folder is named ``demo`` reads like any NAVSIM split; the NAVSIM
+    names keep their meaning (navtrain -> the trainval logs, navhard: two stages)."""
+    nf.write_log(tmp_path, "demo", "log_a", nf.make_frames("log_a", n=15))
+    reader = SceneReader(tmp_path, world / "maps", SIZES)
+    assert reader.splits() == ["demo"]
+    demo = list(reader.iter_split("demo"))
+    assert [m.token for _, m in demo] == [m.token for _, m in scenes]
+    for (a, _), (b, _) in zip(demo, scenes):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    nf.write_log(tmp_path, "trainval", "log_t", nf.make_frames("log_t", n=14), sensors=False)
+    assert reader.splits() == ["navtrain", "demo"]
+    assert reader.split_spec("navtrain").log_folder == "trainval"
+    assert reader.split_spec("navhard_two_stage").num_future == 8
+    with pytest.raises(BadInputError, match="demo") as e:   # names what the root does hold
+        list(reader.iter_split("dmeo"))
+    assert e.value.reason == "missing_split"
+
+
 def _bad_world(tmp_path, world, kind):
     frames = nf.make_frames("log_c")
     if kind == "missing_keys":

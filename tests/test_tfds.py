@@ -107,6 +107,24 @@ def test_unbuilt_config_and_unknown_split_say_what_to_do(built, tmp_path):
         dataset_id.tfds_config_name(bad)
 
 
+def test_a_root_with_a_custom_split_folder_builds_and_loads(tmp_path):
+    """Split names are folder names: ``demo`` and one TFDS could not name as it is."""
+    import navsim_fixtures as nf
+    nf.write_map(tmp_path / "maps")
+    for name in ("demo", "demo-2.v1"):
+        nf.write_log(tmp_path / "openscene", name, "log_a", nf.make_frames("log_a", n=15))
+    config = small_config(tmp_path)
+    config.data.source = "navsim"
+    config.data.navsim_root, config.data.maps_root = (str(tmp_path / "openscene"),
+                                                      str(tmp_path / "maps"))
+    config.data.train_split, config.data.eval_split = "demo", "demo-2.v1"
+    summary = prepare.prepare_data(config)
+    assert {s: v["scenes"] for s, v in summary["splits"].items()} == {"demo": 2, "demo-2.v1": 2}
+    for split in ("demo", "demo-2.v1"):
+        scenes, metas = loader.load_split_numpy(config, split)
+        assert [m.token for m in metas] == [f"{3:016x}", f"{4:016x}"]
+
+
 class _FakeReader:
     """Stands in for navsim_reader.SceneReader: a few scenes per split, one skipped input."""
     scenes_per_split = 3

@@ -106,7 +106,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         if not cfg.splits:
             raise ValueError(f"builder config {cfg.name!r} names no splits")
-        return {split: self._generate_examples(split) for split in cfg.splits}
+        return {dataset_id.tfds_split(split): self._generate_examples(split)
+                for split in cfg.splits}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
         cfg = self.builder_config

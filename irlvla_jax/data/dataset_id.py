@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,16 @@ def data_dir(config) -> Path:
 def splits(config) -> tuple[str, ...]:
     """The splits a run needs: train and eval (once each)."""
     return tuple(dict.fromkeys([config.data.train_split, config.data.eval_split]))
+
+
+def tfds_split(split: str) -> str:
+    """The TFDS name of a split. TFDS reads back only names of word characters and ``-``; a
+    split is any folder name (``navsim_reader``), so other characters become ``_`` and a short
+    hash of the name keeps two folders apart (``my.split`` -> ``my_split_1a2b3c4d``)."""
+    if re.fullmatch(r"[\w-]+", split):
+        return split
+    safe = re.sub(r"[^\w-]", "_", split)
+    return f"{safe}_{hashlib.sha1(split.encode()).hexdigest()[:8]}"
 
 
 def source_roots(config) -> tuple[str, str]:

@@ -32,11 +32,12 @@ def open_source(config, split: str):
     """The split's random-access TFDS ArrayRecord data source (``len``, ``[i]``); no TF."""
     path = dataset_id.dataset_path(config)
     builder = tfds.builder_from_directory(str(path))
-    if split not in builder.info.splits:
+    name = dataset_id.tfds_split(split)
+    if name not in builder.info.splits:
         raise ValueError(f"split {split!r} is not in the dataset at {path}; it has "
                          f"{sorted(builder.info.splits)} (set config.data.train_split / "
                          f"eval_split and run `python launch.py data`)")
-    return builder.as_data_source(split)
+    return builder.as_data_source(name)
 
 
 def _text(x: Any) -> str:

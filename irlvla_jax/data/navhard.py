@@ -21,6 +21,7 @@ from irlvla_jax.data.errors import BadInputError
 from irlvla_jax.data.navsim_logs import (CUR, FRAME_DT_US, NUM_HISTORY, Fields, Frame, ego_jump,
                                          load_pickle)
 
+STAGE1_LOGS = "openscene_meta_datas"          # stage-1 folder inside a two-stage split folder
 SCENE_PICKLES = "synthetic_scene_pickles"     # stage-2 folder inside a two-stage split folder
 
 

@@ -5,15 +5,17 @@
         ...
     print(reader.skip_report)                          # with skip_bad=True
 
-Splits (one table, :data:`SPLITS`): a split name names a log folder under
-``navsim_logs/`` and ``sensor_blobs/`` (navtrain -> trainval, navtest -> test, mini -> mini,
-synthetic_* -> itself) and a window length (4 history + 10 future frames, a window starting at
-every frame; scenes whose current frame has an empty route are dropped, as NAVSIM's filter
-does). ``navhard_two_stage`` (4 + 8) reads stage 1 from ``navhard_two_stage/openscene_meta_datas``
-logs and stage 2 from ``navhard_two_stage/synthetic_scene_pickles`` (one scene a file; its group
-= the original scene it follows, recorded in :class:`NavsimSceneMeta`). The real navtrain/navtest/
-navhard splits are token subsets (NAVSIM's scene-filter yaml): pass ``token_lists={split: file}``
-(a text file with one token a line, a JSON list, or a YAML/JSON mapping with a ``tokens`` list).
+Splits: any folder under ``navsim_logs/`` (its sensors in ``sensor_blobs/<same name>/``) is a
+split of that name, read as 4 history + 10 future frames, a window starting at every frame
+(scenes whose current frame has an empty route are dropped, as NAVSIM's filter does); a folder
+``<name>/openscene_meta_datas/`` at the root is a two-stage split of that name (4 + 8). The NAVSIM
+split names keep their meaning (:data:`SPLITS`): navtrain -> the ``trainval`` logs, navtest ->
+``test``, and the two-stage splits. ``navhard_two_stage`` reads stage 1 from
+``navhard_two_stage/openscene_meta_datas`` logs and stage 2 from
+``navhard_two_stage/synthetic_scene_pickles`` (one scene a file; its group = the original scene
+it follows, recorded in :class:`NavsimSceneMeta`). The real navtrain/navtest/navhard splits are
+token subsets (NAVSIM's scene-filter yaml): pass ``token_lists={split: file}`` (a text file with
+one token a line, a JSON list, or a YAML/JSON mapping with a ``tokens`` list).
 
 Log pickles are parsed into frames by ``navsim_logs.py``, stage-2 scene pickles by
 ``navhard.py``; this module cuts windows and builds the scenes. Everything is expressed in the
@@ -55,15 +57,15 @@ class SplitSpec:
     two_stage: bool = False
 
 
+#: The NAVSIM split names whose folder or window length is not the default; any other name is
+#: its own folder (``SceneReader.split_spec``).
 SPLITS = {
     "navtrain": SplitSpec("trainval", 10),
     "navtest": SplitSpec("test", 10),
-    "mini": SplitSpec("mini", 10),
-    "synthetic_train": SplitSpec("synthetic_train", 10),
-    "synthetic_val": SplitSpec("synthetic_val", 10),
     "navhard_two_stage": SplitSpec("navhard_two_stage", 8, two_stage=True),
     "warmup_two_stage": SplitSpec("warmup_two_stage", 8, two_stage=True),
 }
+_LOG_SPLIT_FUTURE = 10                    # a plain log folder: navtrain / navtest windows
 
 
 @dataclasses.dataclass
@@ -177,26 +179,41 @@ class SceneReader:
         self._log_cache: tuple[Path, list] | None = None
 
     # -- splits -----------------------------------------------------------------------------------
-    def _spec(self, split: str) -> SplitSpec:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; known: {sorted(SPLITS)}")
-        return SPLITS[split]
+    def split_spec(self, split: str) -> SplitSpec:
+        """Where ``split`` lives and its window length: a NAVSIM name from :data:`SPLITS`, else
+        the folder ``navsim_logs/<split>`` (4 + 10 windows) or, when only
+        ``<split>/openscene_meta_datas`` exists, a two-stage split (4 + 8)."""
+        if split in SPLITS:
+            return SPLITS[split]
+        if not split or Path(split).name != split or split in (".", ".."):
+            raise ValueError(f"split {split!r} is not a folder name")
+        if (self.root / split / navhard.STAGE1_LOGS).is_dir() and not (
+                self.root / "navsim_logs" / split).is_dir():
+            return SplitSpec(split, 8, two_stage=True)
+        return SplitSpec(split, _LOG_SPLIT_FUTURE)
 
     def _log_dir(self, split: str) -> Path:
-        s = self._spec(split)
+        s = self.split_spec(split)
         if s.two_stage:
-            return self.root / s.log_folder / "openscene_meta_datas"
+            return self.root / s.log_folder / navhard.STAGE1_LOGS
         return self.root / "navsim_logs" / s.log_folder
 
     def _sensor_root(self, split: str) -> Path:
-        s = self._spec(split)
+        s = self.split_spec(split)
         if s.two_stage:
             return self.root / s.log_folder / "sensor_blobs"
         return self.root / "sensor_blobs" / s.log_folder
 
     def splits(self) -> list[str]:
-        """The splits whose log folder exists under navsim_root."""
-        return [s for s in SPLITS if self._log_dir(s).is_dir()]
+        """The splits under navsim_root: the NAVSIM names whose folder exists, then every other
+        folder under ``navsim_logs/`` and every other two-stage folder, by name."""
+        named = [s for s in SPLITS if self._log_dir(s).is_dir()]
+        taken = {SPLITS[s].log_folder for s in named}
+        logs = self.root / "navsim_logs"
+        found = [d.name for d in sorted(logs.iterdir()) if d.is_dir()] if logs.is_dir() else []
+        found += [d.parent.name for d in sorted(self.root.glob(f"*/{navhard.STAGE1_LOGS}"))
+                  if d.is_dir() and d.parent.name not in ("navsim_logs", "sensor_blobs")]
+        return named + [s for s in dict.fromkeys(found) if s not in taken and s not in SPLITS]
 
     def _tokens(self, split: str) -> set[str] | None:
         path = self.token_lists.get(split)
@@ -242,13 +259,14 @@ class SceneReader:
         num_future: future frames per window (default: the split's, 10 or 8). Scene dicts have
         ``expert_future`` of ``sizes.num_future`` rows; rows beyond the window are invalid.
         """
-        spec = self._spec(split)
+        spec = self.split_spec(split)
         nf = spec.num_future if num_future is None else int(num_future)
         tokens = self._tokens(split)
         log_dir = self._log_dir(split)
         if not log_dir.is_dir():
-            raise BadInputError(log_dir, "missing_split", f"no log folder for split {split!r}",
-                                "check navsim_root or generate the data first")
+            raise BadInputError(log_dir, "missing_split", f"no log folder for split {split!r} "
+                                f"(splits under this root: {self.splits()})",
+                                "check navsim_root and the split name, or generate the data")
         index = 0
         for path in sorted(log_dir.glob("*.pkl")):
             try:
@@ -287,7 +305,7 @@ class SceneReader:
                    ) -> tuple[dict[str, np.ndarray], NavsimSceneMeta]:
         """The scene whose current frame is ``token`` in log ``log_name`` (two-stage splits: a
         stage-2 token is looked up in synthetic_scene_pickles). Raises BadInputError."""
-        spec = self._spec(split)
+        spec = self.split_spec(split)
         path = self._log_dir(split) / f"{log_name}.pkl"
         if spec.two_stage and not path.exists():
             return self._read_stage2(split, token)
@@ -302,7 +320,7 @@ class SceneReader:
     def _read_stage2(self, split: str, token: str):
         """The stage-2 scene ``token``: its own ``<token>.pkl`` when there is one, else the
         first pickle holding it; a pickle that cannot be read only matters if none does."""
-        spec = self._spec(split)
+        spec = self.split_spec(split)
         syn = self.root / spec.log_folder / navhard.SCENE_PICKLES
         named = syn / f"{token}.pkl"
         candidates = [named] if named.exists() else []

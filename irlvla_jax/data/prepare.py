@@ -26,7 +26,7 @@ from typing import Any
 
 from data.navsim_tfds import Builder, NavsimConfig
 from irlvla_jax import types
-from irlvla_jax.data.dataset_id import data_dir, jsonable, source_roots, splits
+from irlvla_jax.data.dataset_id import data_dir, jsonable, source_roots, splits, tfds_split
 
 SKIP_REPORT = "skip_report.json"
 _SYNTHETIC_MARKER = ".synthetic_complete.json"   # the config of a complete synthetic world
@@ -182,8 +182,9 @@ def prepare_data(config) -> dict[str, Any]:
         "source": config.data.source,
         "reused": reused,
         "synthetic": synth,
-        "splits": {s: {"scenes": int(info.splits[s].num_examples),
-                       "bytes": int(info.splits[s].num_bytes)} for s in splits(config)},
+        "splits": {s: {"scenes": int(info.splits[tfds_split(s)].num_examples),
+                       "bytes": int(info.splits[tfds_split(s)].num_bytes)}
+                   for s in splits(config)},
         "bytes": _dir_bytes(out_dir),
         "seconds": round(time.time() - t0, 2),
         "skipped": report,
