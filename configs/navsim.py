@@ -1,7 +1,14 @@
 """Paper scale on real NAVSIM (navtrain -> navtest), for GPU/TPU pods.
 
     python launch.py all --config configs/navsim.py \
-        --config.data.navsim_root=$OPENSCENE_DATA_ROOT --config.data.maps_root=$NUPLAN_MAPS_ROOT
+        --config.data.navsim_root=$OPENSCENE_DATA_ROOT --config.data.maps_root=$NUPLAN_MAPS_ROOT \
+        --config.model.vision.pretrained=/ckpt/resnet34.safetensors \
+        --config.model.semantic.llm.pretrained=/ckpt/Qwen2.5-3B
+
+The two checkpoints are local files (nothing is downloaded): torchvision's ResNet-34 state dict
+saved as safetensors, and the Hugging Face Qwen2.5-3B directory (config.json, safetensors shards,
+tokenizer.json). Without them the backbone's frozen BatchNorms do not normalise and the LM
+trains from scratch.
 
 Starts from the tiny config and overrides sizes; see configs/tiny.py for what each field means.
 """
@@ -44,7 +51,8 @@ def get_config():
     m = c.model
     m.dtype = "bfloat16"
     m.vision.update(dict(kind="resnet", stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512),
-                         stem_width=64, norm="frozen_bn", out_dim=256))    # ResNet-34, stride 32
+                         stem_width=64, norm="frozen_bn", out_dim=256,   # ResNet-34, stride 32
+                         pretrained=""))    # torchvision resnet34 .safetensors (see above)
     m.bev.update(dict(query_hw=(128, 128), range_m=32.0, dim=256, num_layers=3, num_heads=8,
                       mlp_dim=512, depths=(2.0, 5.0, 10.0, 20.0, 35.0, 55.0)))   # 64 m square
     m.detection.update(dict(num_queries=30, num_layers=3, num_heads=8, mlp_dim=512))
@@ -54,14 +62,16 @@ def get_config():
     m.semantic.llm.update(dict(    # Qwen2.5-3B shapes: load its HF checkpoint with `pretrained`
         vocab_size=151936, hidden_size=2048, num_layers=36, num_heads=16, num_kv_heads=2,
         head_dim=128, intermediate_size=11008, rms_norm_eps=1e-6, rope_theta=1000000.0,
-        qkv_bias=True, tie_word_embeddings=True))
+        qkv_bias=True, tie_word_embeddings=True,
+        pretrained=""))            # the Qwen2.5-3B HF directory (see above)
 
     # --- model.planner + il at paper scale ---------------------------------------------------
     c.model.agent_vectors = False    # agents from camera/LiDAR perception only (the paper's setting)
     c.model.planner.update(dict(num_anchors=20, d_model=256, num_heads=8, num_blocks=2,
                                 mlp_ratio=4, fourier_freqs=8, bev_pool=4))
     c.il.update(dict(num_steps=8000, lr=2e-4, warmup_steps=500, weight_decay=1e-2,
-                     log_every=50, eval_every=1000, ckpt_every=1000, eval_batches=50))
+                     log_every=50, eval_every=1000, ckpt_every=1000, eval_batches=50,
+                     freeze=()))    # e.g. ("semantic/llm",): keep the pretrained LM as loaded
     # --- rwm + irl at paper scale (stage 2) ------------------------------------------------
     c.rwm.update(dict(scene_encoder="policy", d_model=256, num_heads=8, mlp_dim=1024,
                       scene_layers=2, num_blocks=3, dtype="bfloat16"))

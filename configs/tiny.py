@@ -87,7 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
         norm="group",              # "group" (from scratch) or "frozen_bn" (pretrained, folded BN)
         out_dim=64,
         patch=8, width=64, depth=2, heads=4, mlp_dim=128,    # used when kind == "vit"
-        pretrained="",             # .safetensors/.npz in torchvision names ("" = random init)
+        # .safetensors/.npz state dict loaded at IL init ("" = random init): torchvision ResNet
+        # names (needs norm="frozen_bn": BatchNorm statistics fold into the affines) or timm ViT
+        # names (kind="vit"); nothing is downloaded
+        pretrained="",
     ))
     m.bev = ml_collections.ConfigDict(dict(
         query_hw=(16, 16),         # BEV query grid = output BEV feature map
@@ -134,7 +137,10 @@ def get_config() -> ml_collections.ConfigDict:
             rope_theta=10000.0,
             qkv_bias=False,
             tie_word_embeddings=True,
-            pretrained="",         # HF LLaMA/Qwen safetensors directory ("" = random init)
+            # HF LLaMA/Qwen2 directory loaded at IL init ("" = random init, byte tokenizer):
+            # config.json (must equal the fields above), *.safetensors shards, tokenizer.json
+            # (tokenises the prompt instead of the byte tokenizer)
+            pretrained="",
         )),
     ))
 
@@ -164,6 +170,9 @@ def get_config() -> ml_collections.ConfigDict:
         log_every=10, eval_every=100, ckpt_every=100, keep_ckpts=2,
         eval_batches=4,             # held-out batches per periodic evaluation (-1: whole split)
         final_eval_batches=-1,
+        # param paths IL leaves at their initial (pretrained) values, e.g. ("vision",) for the
+        # backbone, ("semantic/llm",) for the LM: no updates, no optimizer moments
+        freeze=(),
     ))
     # --- rwm + irl: stage 2, the reward world model (irlvla_jax/models/reward_model.py,
     #     irlvla_jax/train/irl.py, irlvla_jax/train/candidates.py) --------------------------

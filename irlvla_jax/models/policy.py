@@ -14,11 +14,14 @@ the language model (no meta tokens, meta-action logits are None) for speed ablat
 
 Variables: ``{'params': ..., 'anchors': ...}`` (+ any mutable collections of the encoders). The
 anchors are not trained; replace the default ones with :func:`set_anchors` after ``init``.
+Pretrained backbone and LM weights (``config.model.vision.pretrained``,
+``config.model.semantic.llm.pretrained``) go into fresh params with :func:`load_pretrained`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import logging
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -31,7 +34,10 @@ from irlvla_jax.models import detection as det_lib
 from irlvla_jax.models import layers
 from irlvla_jax.models import planner as planner_lib
 from irlvla_jax.models import vision as vision_lib
+from irlvla_jax.models import weights as weights_lib
 from irlvla_jax.models.planner import Chain, SceneTokens
+
+log = logging.getLogger(__name__)
 
 LANE_SCALE_M = 50.0     # lane vector coordinates are divided by this before the lane encoder
 EGO_HISTORY_SCALE_M = 20.0
@@ -232,6 +238,41 @@ def init_variables(model: VLAPolicy, scene: types.Scene, rng: jax.Array,
     if anchors is not None:
         variables = set_anchors(variables, anchors)
     return variables
+
+
+def load_pretrained(params: Mapping[str, Any], cfg: Any, image_hw: Sequence[int]) -> dict:
+    """``params`` (the policy's, from :func:`init_variables`) with the pretrained weights that
+    ``cfg`` (``config.model``) names; nothing named: ``params`` itself, unchanged.
+
+    * ``cfg.vision.pretrained``: a ``.safetensors``/``.npz`` state dict in torchvision ResNet
+      names (``norm='frozen_bn'``: each BatchNorm's weight, bias and running statistics fold
+      into its affine) or timm ViT names (the position table resized to the patch grid of
+      ``image_hw`` [H, W]); our 1x1 ``proj`` keeps its initial value.
+    * ``cfg.semantic.llm.pretrained``: an HF LLaMA/Qwen2 directory (config.json, safetensors
+      shards); its config must equal ``cfg.semantic.llm``. Its ``tokenizer.json`` builds the
+      prompt (``semantic.prompt_table``).
+
+    Shapes are checked against the params before anything is read (``weights.WeightLoadError``
+    names the file, the tensor and both shapes). Works on concrete params (each tensor placed on
+    its parameter's devices) and inside ``jax.eval_shape`` / ``jax.jit`` (see ``weights``).
+    """
+    vcfg = cfg.vision
+    if vcfg.get("pretrained", ""):
+        if vcfg.kind == "vit":
+            table = weights_lib.vit_timm_mapping(vcfg, vision_lib.feature_hw(vcfg, image_hw),
+                                                 prefix="vision/")
+        else:
+            table = weights_lib.resnet_torchvision_mapping(vcfg, prefix="vision/")
+        params = weights_lib.load_weights(params, vcfg.pretrained, table)
+    elif vcfg.kind == "resnet" and vcfg.norm == "frozen_bn":
+        log.warning("config.model.vision.norm = 'frozen_bn' without vision.pretrained: the "
+                    "frozen BatchNorms start as identities (no normalisation)")
+    llm_dir = cfg.semantic.llm.get("pretrained", "")
+    if llm_dir and cfg.get("use_semantic", True):
+        from irlvla_jax.models import semantic as semantic_lib
+        params = semantic_lib.load_hf_llama(params, llm_dir, prefix="semantic/llm",
+                                            cfg=cfg.semantic.llm)
+    return params
 
 
 def set_anchors(variables: Mapping[str, Any], anchors) -> dict:

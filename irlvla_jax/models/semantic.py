@@ -1,19 +1,26 @@
 """Semantic reasoning: visual tokens + the driving instruction -> meta tokens and a meta action.
 
     visual tokens [B, N, Dv] --(driving vision adaptor: perceiver resampler)--> [B, Na, D]
-    prompt "what is your driving decision ...? Command: turn left." (byte tokens) --> [B, T, D]
+    prompt "what is your driving decision ...? Command: turn left." (tokens)   --> [B, T, D]
     learned meta queries                                                       --> [B, Nm, D]
     [adaptor | prompt | meta] --(LLaMA-style decoder, causal)--> meta states --> meta tokens,
                                                                               meta-action logits
 
 The decoder (:class:`LlamaDecoder`: RMSNorm, RoPE, SwiGLU, grouped-query attention) uses the
 HuggingFace LLaMA/Qwen2 parameter layout, so :func:`load_hf_llama` maps a local HF safetensors
-checkpoint onto it. Note: the prompt uses our byte tokenizer; with a pretrained LM its rows of the
-embedding table are not that model's tokens, so the prompt embedding is learned anew in stage 1.
+checkpoint onto it (``config.model.semantic.llm.pretrained``, loaded at IL init).
+
+The prompt depends only on the driving command, so it is tokenised on the host, once per
+process, when the model is traced (:func:`prompt_table`; four rows, picked by the command inside
+jit): with a pretrained LM by the checkpoint's own ``tokenizer.json`` (its ids index that
+model's embedding rows), otherwise by the byte tokenizer (``models/tokenizer.py``). No data-time
+tokenisation exists, so every stage that builds the policy from the same config sees the same
+prompt.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -91,9 +98,7 @@ class SemanticReasoner(nn.Module):
         [B, types.NUM_META_ACTIONS] f32)."""
         cfg, dt = self.cfg, as_dtype(self.dtype)
         d = cfg.llm.hidden_size
-        if cfg.llm.vocab_size < tokenizer.VOCAB_SIZE:
-            raise ValueError(f"config.model.semantic.llm.vocab_size={cfg.llm.vocab_size} is "
-                             f"smaller than the byte tokenizer's {tokenizer.VOCAB_SIZE}")
+        table_ids, table_mask = prompt_table(cfg)
         b = visual_tokens.shape[0]
         init = nn.initializers.normal(0.02)
 
@@ -106,7 +111,6 @@ class SemanticReasoner(nn.Module):
             jnp.broadcast_to(latents.astype(dt), (b, cfg.adaptor_tokens, d)), vis, train=train)
 
         # the prompt: one of four host-tokenised texts, picked by the command
-        table_ids, table_mask = tokenizer.command_prompt_table(cfg.prompt_len)
         cmd = jnp.argmax(command, axis=-1)
         ids, text_valid = jnp.asarray(table_ids)[cmd], jnp.asarray(table_mask)[cmd]
         llm = LlamaDecoder(cfg.llm, dt, name="llm")
@@ -122,6 +126,52 @@ class SemanticReasoner(nn.Module):
         logits = nn.Dense(types.NUM_META_ACTIONS, dtype=dt, name="meta_action_head")(
             jnp.mean(hidden, axis=1))
         return meta_tokens, logits.astype(jnp.float32)
+
+
+def prompt_table(cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The four command prompts (``types.COMMANDS`` order) as (ids [4, prompt_len] int32,
+    valid [4, prompt_len] bool), right-padded. cfg = ``config.model.semantic``.
+
+    ``cfg.llm.pretrained`` set: tokenised by that directory's ``tokenizer.json`` (with its
+    special tokens, e.g. LLaMA's BOS); otherwise by the byte tokenizer. A prompt longer than
+    ``prompt_len`` or an id outside ``llm.vocab_size`` is an error.
+    """
+    directory = cfg.llm.get("pretrained", "")
+    if directory:
+        return _hf_prompt_table(os.path.join(directory, "tokenizer.json"), int(cfg.prompt_len),
+                                int(cfg.llm.vocab_size))
+    if cfg.llm.vocab_size < tokenizer.VOCAB_SIZE:
+        raise ValueError(f"config.model.semantic.llm.vocab_size={cfg.llm.vocab_size} is "
+                         f"smaller than the byte tokenizer's {tokenizer.VOCAB_SIZE}")
+    return tokenizer.command_prompt_table(cfg.prompt_len)
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_prompt_table(path: str, length: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    # cached: the model is traced many times per run (init, train step, eval, later stages)
+    try:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # missing file, or JSON the library cannot read
+        raise WeightLoadError(f"{path}: cannot read the checkpoint's tokenizer ({e})") from e
+    tok.no_truncation()          # a file may carry truncation/padding settings: the prompt is
+    tok.no_padding()             # checked against prompt_len below, never cut
+    ids = np.zeros((len(types.COMMANDS), length), np.int32)
+    valid = np.zeros((len(types.COMMANDS), length), bool)
+    for n, command in enumerate(types.COMMANDS):
+        text = tokenizer.prompt_text(command)
+        row = tok.encode(text).ids
+        if len(row) > length:
+            raise ValueError(f"prompt {text!r} needs {len(row)} tokens of {path} > config.model."
+                             f"semantic.prompt_len={length}")
+        if row and max(row) >= vocab_size:
+            raise WeightLoadError(f"{path}: token id {max(row)} is outside config.model."
+                                  f"semantic.llm.vocab_size={vocab_size}")
+        ids[n, :len(row)] = row
+        valid[n, :len(row)] = True
+    ids.setflags(write=False)
+    valid.setflags(write=False)
+    return ids, valid
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,8 +219,9 @@ def load_hf_llama(params: dict, directory: str, prefix: str = "llm", cfg: Any = 
     if cfg is not None:
         bad = {k: (cfg[k], v) for k, v in hf_cfg.items() if k in cfg and cfg[k] != v}
         if bad:
-            raise WeightLoadError(f"{directory}: HF config differs from config.model.semantic.llm "
-                                  f"(ours, theirs): {bad}")
+            raise WeightLoadError(f"{os.path.join(directory, 'config.json')}: differs from "
+                                  f"config.model.semantic.llm (field: (ours, checkpoint's)): "
+                                  f"{bad}")
     tree = params["params"] if "params" in params else params
     flat = flatten_params(tree)
     pre = f"{prefix}/" if prefix else ""

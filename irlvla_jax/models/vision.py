@@ -1,4 +1,5 @@
-"""Image backbones: a ResNet (torchvision layout, so ImageNet weights load by name) and a ViT.
+"""Image backbones: a ResNet (torchvision layout) and a ViT (timm layout), so that ImageNet
+weights load by name (``weights.resnet_torchvision_mapping``, ``weights.vit_timm_mapping``).
 
 Both map images ``[N, H, W, 3]`` (float, see :func:`normalize_images`) to a feature map
 ``[N, h, w, out_dim]``; the policy folds cameras into N. ``config.model.vision`` picks one
@@ -7,6 +8,7 @@ Both map images ``[N, H, W, 3]`` (float, see :func:`normalize_images`) to a feat
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irlvla_jax.models.layers import TransformerBlock, as_dtype
+from irlvla_jax.models.layers import MLP, MultiHeadAttention, as_dtype
 
 # ImageNet statistics: what torchvision / timm pretrained backbones expect.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -100,8 +102,30 @@ class ResNet(nn.Module):
         return nn.Dense(cfg.out_dim, dtype=dt, name="proj")(x)
 
 
+class ViTBlock(nn.Module):
+    """timm's pre-norm ViT block, in its names (``norm1, attn, norm2, mlp.fc1, mlp.fc2``) and with
+    its choices (biases on q/k/v and on the output projection, exact GELU), so that a timm
+    checkpoint reproduces its features."""
+    heads: int
+    mlp_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [N, T, D] -> [N, T, D]."""
+        dt, d = as_dtype(self.dtype), x.shape[-1]
+        h = nn.LayerNorm(epsilon=1e-6, dtype=dt, name="norm1")(x)
+        x = x + MultiHeadAttention(self.heads, self.heads, d // self.heads, dt, qkv_bias=True,
+                                   out_bias=True, name="attn")(h, h)
+        h = nn.LayerNorm(epsilon=1e-6, dtype=dt, name="norm2")(x)
+        return x + MLP(self.mlp_dim, dtype=dt, activation=functools.partial(nn.gelu,
+                                                                           approximate=False),
+                       name="mlp")(h)
+
+
 class ViT(nn.Module):
-    """Vision Transformer: patchify, learned position embeddings, pre-norm GELU blocks.
+    """Vision Transformer (timm layout, no class token): patchify, learned position embeddings,
+    pre-norm GELU blocks.
 
     cfg fields: patch, width, depth, heads, mlp_dim, out_dim.
     The position table is sized by the image at init; H and W must be multiples of ``patch``.
@@ -112,6 +136,7 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         """images [N, H, W, 3] float -> features [N, H/patch, W/patch, out_dim]."""
+        del train  # no dropout: train and eval are the same function
         cfg, dt = self.cfg, as_dtype(self.dtype)
         n, h, w, _ = images.shape
         if h % cfg.patch or w % cfg.patch:
@@ -127,8 +152,7 @@ class ViT(nn.Module):
             raise ValueError(f"config.model.vision: width {cfg.width} not divisible by heads "
                              f"{cfg.heads}")
         for i in range(cfg.depth):
-            x = TransformerBlock(cfg.heads, cfg.heads, cfg.width // cfg.heads, cfg.mlp_dim, dt,
-                                 norm="layer", ffn="gelu", name=f"blocks_{i}")(x, train=train)
+            x = ViTBlock(cfg.heads, cfg.mlp_dim, dt, name=f"blocks_{i}")(x)
         x = nn.LayerNorm(dtype=dt, name="norm")(x)
         x = nn.Dense(cfg.out_dim, dtype=dt, name="proj")(x)
         return x.reshape(n, gh, gw, cfg.out_dim)

@@ -27,6 +27,7 @@ from irlvla_jax.models import anchors as anchors_lib
 from irlvla_jax.models import detection as det_lib
 from irlvla_jax.models import planner as planner_lib
 from irlvla_jax.models import policy as policy_lib
+from irlvla_jax.models import weights
 from irlvla_jax.train import losses
 from irlvla_jax.train.state import TrainState, make_optimizer
 
@@ -211,14 +212,16 @@ def load_or_compute_anchors(config) -> np.ndarray:
 def create_state(model: policy_lib.VLAPolicy, config, rng: jax.Array,
                  anchors: np.ndarray | None = None, total_steps: int | None = None
                  ) -> TrainState:
-    """A fresh TrainState (params initialised from a zero scene; anchors installed)."""
+    """A fresh TrainState (params initialised from a zero scene, then the configured pretrained
+    weights loaded; anchors installed; ``config.il.freeze`` param paths left untrained)."""
     sizes = types.SceneSizes.from_config(config.data.sizes)
     example = types.scene_shape_struct(sizes, (1,))
     variables = policy_lib.init_variables(model, example, rng)     # jitted inside
     if anchors is not None:
         variables = policy_lib.set_anchors(variables, anchors)
-    params = variables.pop("params")
-    return TrainState.create(params, make_optimizer(config.il, total_steps), model_state=variables)
+    params = policy_lib.load_pretrained(variables.pop("params"), config.model, sizes.image_hw)
+    tx = weights.freeze(make_optimizer(config.il, total_steps), params, config.il.get("freeze", ()))
+    return TrainState.create(params, tx, model_state=variables)
 
 
 def create_sharded_state(model: policy_lib.VLAPolicy, config, rng: jax.Array, mesh,
