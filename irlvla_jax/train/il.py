@@ -231,12 +231,16 @@ def create_sharded_state(model: policy_lib.VLAPolicy, config, rng: jax.Array, me
     created as :func:`create_state` does (the shardings then replicate it)."""
     abstract = jax.eval_shape(lambda r: create_state(model, config, r, anchors), rng)
     shardings = parallel.state_shardings(abstract, mesh, config.mesh)
+    # The state and its shardings share one tree structure: the TrainState's optimizer is static
+    # tree data, and every create_state call makes a new (unequal) one, so the state is rebuilt
+    # from its leaves on the abstract state's structure.
+    treedef = jax.tree.structure(abstract)
     if mesh.shape[parallel.FSDP] > 1:
-        state = jax.jit(lambda r: create_state(model, config, r, anchors),
-                        out_shardings=shardings)(rng)
+        leaves = jax.jit(lambda r: jax.tree.leaves(create_state(model, config, r, anchors)),
+                         out_shardings=jax.tree.leaves(shardings))(rng)
     else:
-        state = create_state(model, config, rng, anchors)
-    return state, shardings
+        leaves = jax.tree.leaves(create_state(model, config, rng, anchors))
+    return jax.tree.unflatten(treedef, leaves), shardings
 
 
 # ----------------------------------------------------------------------------------------------

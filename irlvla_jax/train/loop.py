@@ -42,7 +42,7 @@ StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
 
 # Per stage, the config fields that fix the shapes of its state: a checkpoint trained with other
 # values cannot be restored, and a later stage cannot load it.
-STRUCTURAL_FIELDS = {"il": ("model", "data.sizes"),
+STRUCTURAL_FIELDS = {"il": ("model", "data.sizes", "il.freeze"),
                      "irl": ("rwm", "data.sizes"),
                      "rl": ("model", "data.sizes", "ppo.value_hidden")}
 
@@ -129,8 +129,12 @@ def config_changes(saved: Mapping[str, Any], current: Any,
     keys = sorted(k for k in set(a) | set(b)
                   if prefixes is None or any(k == p or k.startswith(p + ".") for p in prefixes))
     missing = "<absent>"
+
+    def same(x, y):     # a field added since the run was saved, left empty, is no change
+        empty = (missing, None, "", [], {})
+        return x == y or (x in empty and y in empty)
     return [f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}"
-            for k in keys if a.get(k, missing) != b.get(k, missing)]
+            for k in keys if not same(a.get(k, missing), b.get(k, missing))]
 
 
 def saved_config(stage_dir: str) -> dict | None:
