@@ -97,16 +97,90 @@ def test_idm_step_matches_formula():
     np.testing.assert_allclose(v, 5.0 - 0.3, rtol=1e-6)
 
 
+def _devkit_corridor(path_xy, start, end):
+    """The devkit's driving corridor in shapely: the path's vertices with arc length in
+    [start, end] (``PDMPath.substring``), buffered by the ego half width with square caps
+    (round joins, shapely's default)."""
+    from shapely.geometry import LineString
+    progress = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path_xy, axis=0),
+                                                               axis=1))])
+    keep = (progress >= start) & (progress <= end)
+    return LineString(path_xy[keep]).buffer(geometry.EGO_HALF_WIDTH, cap_style="square")
+
+
+def _junction_path(rng, lanes=6):
+    """A centreline of short lanes, NAVSIM style: each lane starts on the previous lane's last
+    vertex (duplicated) with its own heading. [R,3] float64 (x, y, unwrapped heading)."""
+    pts, x, y, h = [], 0.0, 0.0, 0.0
+    for _ in range(lanes):
+        n, step, k = int(rng.integers(3, 9)), rng.uniform(0.8, 2.5), rng.normal(0, 0.05)
+        for i in range(n):
+            pts.append((x, y, h))
+            if i < n - 1:
+                x, y, h = x + step * np.cos(h), y + step * np.sin(h), h + k * step
+        h += rng.normal(0, 0.15)
+    out = np.array(pts)
+    out[:, 2] = np.unwrap(out[:, 2])
+    return out
+
+
+def test_corridor_is_the_devkits_buffer_round_joins_included():
+    """Corridor membership equals shapely's buffer of the vertex substring, the round joins
+    included. Offsetting a lane junction's duplicated vertex along the two lanes' headings
+    leaves a short segment, backwards on one side: where the substring ends on it, the square
+    cap points backwards and only the join's disc covers the half width past the end."""
+    from shapely.geometry import Polygon
+    rng = np.random.default_rng(0)
+    num, missed_by_rectangles = 0, 0
+    for trial in range(12):
+        line = _junction_path(rng)
+        offset = (-1.0, 1.0, 0.0)[trial % 3]
+        padded = np.zeros((64, 3), np.float32)
+        padded[:len(line)] = line
+        valid = np.arange(64) < len(line)
+        path = np.asarray(geometry.polyline_offset(jnp.asarray(padded), offset), np.float64)
+        xy = path[:len(line), :2]
+        progress = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
+        start = rng.uniform(0.0, 10.0)
+        # End right after a junction's short segment (or anywhere for the centreline).
+        short = [i for i in range(len(xy) - 2) if 0 < progress[i + 1] - progress[i] < 0.3
+                 and progress[i] > start + 3]
+        end = progress[short[0] + 1] + 0.01 if short else progress[-1] - 1.0
+        want_poly = _devkit_corridor(xy, start, end)
+        corridor = pc._corridor(jnp.asarray(path, jnp.float32), jnp.asarray(valid), start, end)
+        end_xy = xy[progress <= end][-1]
+        centre = np.concatenate([end_xy + rng.normal(0, 1.5, (150, 2)),
+                                 rng.uniform(xy.min(0) - 3, xy.max(0) + 3, (150, 2))])
+        size = rng.choice([0.4, 1.8, 4.5], 300)
+        boxes = np.asarray(geometry.box_corners(jnp.asarray(centre, jnp.float32),
+                                                rng.uniform(-3, 3, 300), size, np.minimum(size, 1.9)))
+        got = np.asarray(pc._in_corridor(jax.tree.map(lambda x: x[None], corridor),
+                                         jnp.asarray(boxes[None]), jnp.ones((1, 300), bool)))[0, 0]
+        polys = [Polygon(b) for b in boxes.astype(np.float64)]
+        want = np.array([want_poly.intersects(p) for p in polys])
+        clear = np.array([want_poly.distance(p) > 1e-3 or want_poly.intersection(p).area > 1e-3
+                          for p in polys])                                   # not grazing
+        np.testing.assert_array_equal(got[clear], want[clear], err_msg=f"trial {trial}")
+        rects = np.asarray(corridor[0])[np.asarray(corridor[1])].astype(np.float64)
+        by_rects = np.array([any(Polygon(r).intersects(p) for r in rects) for p in polys])
+        missed_by_rectangles += int((want & ~by_rects & clear).sum())
+        num += int(clear.sum())
+    assert num > 3000 and missed_by_rectangles > 10    # the joins matter in these paths
+
+
 def test_corridor_culling_is_exact(monkeypatch):
-    """Corridor membership tests each object against the rectangles of the few chunks whose
-    bounding box overlaps it; objects overlapping more chunks than slots take the exhaustive
-    test. With one slot (rows overlapping two or more chunks overflow, the others do not) it
-    equals testing every rectangle."""
+    """Corridor membership tests each object against the pieces (rectangles and join discs) of
+    the few chunks whose bounding box overlaps it; objects overlapping more chunks than slots
+    take the exhaustive test. With one slot (rows overlapping two or more chunks overflow, the
+    others do not) it equals testing every piece."""
     d = straight_road()
     path = jnp.asarray(d["centerline"])
     path = path.at[:, 1].set(0.02 * (path[:, 0] - 20.0) ** 2 / 10.0)    # a bend
+    path = path.at[:, 2].set(jnp.arctan(0.004 * (path[:, 0] - 20.0)))
+    path = geometry.polyline_offset(path, 1.0)
     valid = jnp.asarray(d["centerline_valid"])
-    rects, mask = pc._corridor(path, valid, 5.0, 90.0)
+    corridor = pc._corridor(path, valid, 5.0, 90.0)
+    rects, mask, discs, disc_mask = corridor
     rng = np.random.default_rng(2)
     xy = np.stack([rng.uniform(-5, 100, 400), rng.uniform(-5, 40, 400)], -1)
     boxes = geometry.box_corners(jnp.asarray(xy, jnp.float32), rng.uniform(-3, 3, 400),
@@ -116,13 +190,77 @@ def test_corridor_culling_is_exact(monkeypatch):
     monkeypatch.setattr(pc, "CORRIDOR_CHUNK_CAPACITY", 1)
 
     @jax.jit
-    def both(rects, mask, boxes, present):
+    def both(corridor, boxes, present):
         want = (geometry.convex_intersect(boxes[:, :, None], rects[None, None]) & mask).any(-1)
-        return pc._in_corridor(rects[None], mask[None], boxes, present), (want & present)[:, None]
+        want = want | pc._near_discs(boxes, discs, disc_mask)
+        return (pc._in_corridor(jax.tree.map(lambda x: x[None], corridor), boxes, present),
+                (want & present)[:, None])
 
-    got, want = both(rects, mask, boxes, present)
+    got, want = both(corridor, boxes, present)
     assert 20 < np.asarray(want).sum() < 380
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def cone_past_junction(cone=True, junction_x=49.0, turn=-0.05):
+    """The straight road, its centreline two lanes: lane A along +x up to ``junction_x``, lane
+    B from there (its first vertex a duplicate of A's last) turning by ``turn`` rad, and a
+    static traffic cone at the right edge of the ego lane just past the junction.
+
+    At 10 m/s with a 10 m/s limit the corridor reaches 50 m past the ego: it ends just after
+    the junction. On the right path (-1 m) the junction's two offset vertices are 5 cm apart,
+    the second behind the first, so that path's corridor reaches past the junction only by the
+    join's disc, which touches the cone; the centre and left corridors do not reach it."""
+    d = straight_road(speed=10.0, speed_limit=10.0)
+    n_a = 24
+    lane_a = np.linspace(-10.0, junction_x, n_a)
+    b = 2.5 * np.arange(SIZES.max_centerline - n_a)
+    line = np.concatenate([
+        np.stack([lane_a, 0 * lane_a, 0 * lane_a], -1),
+        np.stack([junction_x + b * np.cos(turn), b * np.sin(turn), np.full_like(b, turn)], -1)])
+    d["centerline"][:] = line
+    if cone:
+        add_agent(d, 0, x=junction_x + 0.5, y=-1.6, size=(0.4, 0.4, 0.7),
+                  cls=types.AGENT_CLASSES.index("traffic_cone"))
+    return d
+
+
+def test_roadside_cone_past_a_lane_junction_leads_the_right_path(planner):
+    """The devkit's corridor (shapely buffer, round joins) holds the cone for the right path
+    only, so the right path's five proposals follow the IDM with the cone as their lead (a
+    static object: lead speed 0; the rear length never written: 0), and the centre and left
+    proposals are those of the road without the cone."""
+    from shapely.geometry import Polygon
+    with_cone, without = cone_past_junction(), cone_past_junction(cone=False)
+    cone = Polygon(np.asarray(geometry.box_corners(jnp.array([49.5, -1.6]), 0.0, 0.4, 0.4),
+                              np.float64))
+    for offset, reaches in ((0.0, False), (-1.0, True), (1.0, False)):
+        path = np.asarray(geometry.polyline_offset(jnp.asarray(with_cone["centerline"]),
+                                                   offset), np.float64)
+        assert _devkit_corridor(path[:, :2], 10.0, 60.0).intersects(cone) == reaches, offset
+
+    out = planner(with_cone, without)
+    got, free = (jax.tree.map(lambda x: x[i], out) for i in range(2))
+    np.testing.assert_array_equal(got["proposal_poses"][:5], free["proposal_poses"][:5])
+    np.testing.assert_array_equal(got["proposal_poses"][10:], free["proposal_poses"][10:])
+
+    # The right path by hand: y = -1, arc length s = x + 10; the lead row of step 1 is zeros,
+    # even steps measure the gap from the ego box at the previous pose, odd steps copy it.
+    for k, fraction in enumerate(pc.SPEED_LIMIT_FRACTIONS):
+        s, v, lead, xs = 10.0, 10.0, np.zeros(3), [0.0]
+        for t in range(1, pc.PROPOSAL_STEPS + 1):
+            if t % 2 == 0:
+                ego = Polygon(np.asarray(geometry.ego_corners(jnp.array([s - 10.0, -1.0, 0.0])),
+                                         np.float64))
+                lead = np.array([s + ego.distance(cone), 0.0, 0.0])
+            s_star = pc.MIN_GAP + v * pc.HEADWAY + v * (v - lead[1]) / (2 * np.sqrt(4.5))
+            gap = max(lead[0] - s - lead[2], pc.MIN_GAP)
+            acc = np.clip(1.5 * (1 - (v / (10.0 * fraction)) ** 10 - (s_star / gap) ** 2), -3, 1.5)
+            s, v = s + 0.1 * v, v + 0.1 * acc
+            xs.append(s - 10.0)
+        np.testing.assert_allclose(got["proposal_poses"][5 + k, :, 0], xs, atol=2e-3)
+        np.testing.assert_allclose(got["proposal_poses"][5 + k, :, 1], -1.0, atol=1e-5)
+    # It matters: the fastest right-path proposal ends some metres short of the free one.
+    assert free["proposal_poses"][9, -1, 0] - got["proposal_poses"][9, -1, 0] > 2.0
 
 
 def test_free_road_accelerates_towards_speed_limit(free_and_lead):

@@ -43,8 +43,11 @@ def build_batch():
     s.expert_future[:, 0] = 3.0 * 0.5 * np.arange(1, 9)     # the human slowed down behind it
     scenes.append(s)
     plans.append([straight_plan(10.0), straight_plan(3.0)])
-    # 5-7: open road at other speeds.
-    for v in (5.0, 8.0, 12.0):
+    # 5: the ego (and the logged human) stands still; PDM-Closed drives off. A standing plan
+    # and one creeping forward.
+    scenes.append(sc.road_scene(0.0)); plans.append([np.zeros((8, 3)), straight_plan(1.0)])
+    # 6-7: open road at other speeds.
+    for v in (8.0, 12.0):
         scenes.append(sc.road_scene(v)); plans.append([straight_plan(v), straight_plan(0.5 * v)])
     batch = jax.tree.map(lambda *x: np.stack(x), *scenes)
     return batch, np.asarray(plans, np.float32)
@@ -106,6 +109,25 @@ def test_human_filter_lifts_what_the_human_fails(scored):
     assert sub.tlc[2, 0] == 1.0            # original scene: the human ran it too
     assert sub.tlc[3, 0] == 0.0            # synthetic scene: no filter
     np.testing.assert_array_equal(sub.ec_weight, 0.0)      # no previous-frame states given
+
+
+def test_standing_human_is_scored_alone_so_ep_is_not_lifted(scored):
+    """NAVSIM's human filter scores the logged human alone (no PDM-Closed in its batch): a
+    human standing still has EP 1 there, whatever PDM-Closed did, so the filter leaves the
+    candidates' EP as normalised against PDM-Closed (pdm_score.py, the human-penalty part)."""
+    _, _, sub, det = scored
+    ref = det.reference_progress[5] * det.reference_multiplier[5]
+    raw, multi = det.raw["progress"][5], metrics.multiplier(det.raw)[5]
+    assert ref > 5.0                              # PDM-Closed drives off: EP is normalised
+    np.testing.assert_array_equal(det.human_states[5, :, 3], 0.0)   # the human stands still
+    # The human's batch of one: N = raw_h * multi_h <= 5 m -> EP 1 (and raw / N >= 1 above).
+    assert det.human.ep[5] == 1.0
+    # The candidates, each scored with PDM-Closed: N = max(raw_ref multi_ref, raw multi) > 5.
+    n = np.maximum(ref, raw * multi)
+    want = np.clip(raw / n, 0.0, 1.0)
+    assert want[0] == 0.0 and 0.0 < want[1] < 1.0
+    np.testing.assert_allclose(sub.ep[5], want, rtol=1e-6)
+    np.testing.assert_array_equal(sub.ep[5], det.unfiltered.ep[5])     # nothing lifted
 
 
 def test_v1_pdms_and_aggregates(scored):

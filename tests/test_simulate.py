@@ -80,8 +80,30 @@ def test_bicycle_single_step_by_hand():
     assert -np.pi <= clipped[S.HEADING] < 0
 
 
+def _devkit_banded_matrix(n):
+    """``batch_lqr_utils._make_banded_difference_matrix`` as the devkit writes it: two slice
+    assignments into one matrix, the second overwriting the first's +1 band."""
+    banded = np.zeros((n, n + 1))
+    eye = np.eye(n)
+    banded[:, 1:] = eye
+    banded[:, :-1] = -eye
+    return banded
+
+
+def test_speed_fit_penalty_is_the_devkits_overwritten_band():
+    """The speed fit's regulariser is the devkit's matrix as built, not the documented first
+    difference: -1 on the diagonal, +1 only in the last row (a penalty on accelerations)."""
+    for n in (1, 2, 5, 38):
+        got = lqr.banded_difference_matrix(n)
+        np.testing.assert_array_equal(got, _devkit_banded_matrix(n))
+    b = lqr.banded_difference_matrix(38)
+    assert np.count_nonzero(b == 1.0) == 1 and b[37, 38] == 1.0
+    np.testing.assert_array_equal(np.diag(b), -1.0)
+
+
 def _reference_fit(poses, dt=0.1):
-    """The devkit's least squares in float64 with pinv (spec §4.4)."""
+    """The devkit's least squares in float64 with pinv (spec §4.4), its regulariser built by
+    the devkit's slice assignments."""
     poses = np.asarray(poses, np.float64)
     m = len(poses) - 1
     d, h = poses[1:, :2] - poses[:-1, :2], poses[:-1, 2]
@@ -89,8 +111,7 @@ def _reference_fit(poses, dt=0.1):
     for k in range(m):
         a[2 * k:2 * k + 2, 0] = [np.cos(h[k]) * dt, np.sin(h[k]) * dt]
         a[2 * k:2 * k + 2, 1:1 + k] = np.array([[np.cos(h[k])], [np.sin(h[k])]]) * dt**2
-    jerk = np.eye(m - 2, m - 1, 1) - np.eye(m - 2, m - 1)
-    r = np.block([np.zeros((m - 2, 1)), jerk])
+    r = np.block([np.zeros((m - 2, 1)), _devkit_banded_matrix(m - 2)])
     z = np.linalg.pinv(a.T @ a + 1e-4 * r.T @ r) @ a.T @ d.flatten()
     v = z[0] + np.insert(np.cumsum(z[1:] * dt), 0, 0.0)
     dth = (poses[1:, 2] - poses[:-1, 2] + np.pi) % (2 * np.pi) - np.pi

@@ -30,19 +30,39 @@ STOPPING_GAIN = 0.5
 STOPPING_VELOCITY = 0.2
 
 
+def banded_difference_matrix(number_rows: int) -> np.ndarray:
+    """The devkit's regulariser on the accelerations, [n, n+1] for n = ``number_rows``, built
+    as ``batch_lqr_utils._make_banded_difference_matrix`` builds it.
+
+    Documented as the first difference (row r: -1 at column r, +1 at r + 1), but the devkit
+    writes the +1 band (``[:, 1:] = eye``) and then the -1 band (``[:, :-1] = -eye``) into the
+    same matrix, and the second assignment zeroes every +1 it overlaps: only the last row keeps
+    its +1. The penalty applied is therefore on the accelerations a_0 .. a_{n-2} themselves and
+    on the last difference a_n - a_{n-1}. This quirk is reproduced on purpose (spec/EPDMS.md,
+    "Quirks confirmed"): with the documented jerk penalty the simulated states differ from the
+    official ones by up to 5.3 cm, with this one by 0.002 cm (issue 13, 7,020 plans).
+    """
+    banded = np.zeros((number_rows, number_rows + 1))
+    eye = np.eye(number_rows)
+    banded[:, 1:] = eye
+    banded[:, :-1] = -eye
+    return banded
+
+
 @functools.lru_cache(maxsize=None)
 def _velocity_fit_matrix(m: int, dt: float) -> np.ndarray:
     """[m, m] constant map from the projected displacements to the fitted speeds.
 
     The speed fit's design rows are dt (cos, sin)(theta_k) times the cumulative-sum basis, and
-    cos^2 + sin^2 = 1, so its normal matrix does not depend on the trajectory: in terms of the
-    speeds v it is dt^2 I + (JERK_PENALTY / dt^2) D2^T D2 (D2 the second difference, the jerk
-    rows of the devkit's increment formulation). It is inverted once on the host in float64.
+    cos^2 + sin^2 = 1, so its normal matrix does not depend on the trajectory. The devkit's
+    unknowns are v_0 and the m - 1 accelerations a = D v / dt (D the first difference), and
+    it penalises ``JERK_PENALTY * |B a|^2`` with B = :func:`banded_difference_matrix` (m - 2).
+    In terms of the speeds v that is dt^2 I + (JERK_PENALTY / dt^2) (B D)^T (B D): the same
+    minimiser, since v <-> (v_0, a) is invertible. It is inverted once on the host in float64.
     """
-    d2 = np.zeros((m - 2, m))
-    for r in range(m - 2):
-        d2[r, r:r + 3] = (1.0, -2.0, 1.0)
-    lhs = dt**2 * np.eye(m) + JERK_PENALTY / dt**2 * d2.T @ d2
+    first_difference = np.diff(np.eye(m), axis=0)                      # [m-1, m]
+    penalty = banded_difference_matrix(m - 2) @ first_difference       # [m-2, m]
+    lhs = dt**2 * np.eye(m) + JERK_PENALTY / dt**2 * penalty.T @ penalty
     return np.linalg.inv(lhs).astype(np.float32)
 
 
@@ -50,10 +70,10 @@ def fit_profiles(poses, dt: float = DT):
     """Velocity and curvature profiles fitted to the reference poses (regularised least squares).
 
     The devkit solves ``pinv(A^T A + P) A^T y`` with accelerations / curvature rates as unknowns.
-    Speed: the normal matrix is constant (see :func:`_velocity_fit_matrix`), so the fit is one
-    precomputed [M, M] matrix applied to dt (cos, sin)(theta) . dxy. Curvature: the same
-    problem with the curvatures kappa_k themselves as unknowns, where it is tridiagonal (see
-    :func:`_curvature_fit`). No LAPACK call: LAPACK custom calls deadlock XLA:CPU when several
+    Speed: the normal matrix is constant (see :func:`_velocity_fit_matrix`; the penalty is the
+    devkit's, mostly on accelerations), so the fit is one precomputed [M, M] matrix applied to
+    dt (cos, sin)(theta) . dxy. Curvature: the same problem with the curvatures kappa_k
+    themselves as unknowns, where it is tridiagonal (see :func:`_curvature_fit`). No LAPACK call: LAPACK custom calls deadlock XLA:CPU when several
     (fake) devices run them at once (the sharded PDM-Closed hang).
 
     Args:
@@ -67,7 +87,7 @@ def fit_profiles(poses, dt: float = DT):
     heading = poses[..., :-1, 2]
     dtheta = wrap_angle(poses[..., 1:, 2] - poses[..., :-1, 2])      # [..., M]
 
-    # Speed: argmin sum_k |dxy_k - dt (cos, sin)(theta_k) v_k|^2 + jerk penalty.
+    # Speed: argmin sum_k |dxy_k - dt (cos, sin)(theta_k) v_k|^2 + the devkit's penalty.
     proj = dt * (jnp.cos(heading) * dxy[..., 0] + jnp.sin(heading) * dxy[..., 1])
     velocity = jnp.einsum("ij,...j->...i", jnp.asarray(_velocity_fit_matrix(m, dt)), proj)
     return velocity, _curvature_fit(dt * velocity, dtheta, dt)

@@ -12,17 +12,20 @@ devkit quirks are reproduced on purpose:
   proposal does not write (velocity for red lights / free road, rear length once free) are stale;
 * offset proposals start on their path, 1 m to the side of the ego (pose 0 = path point);
 * the corridor is the vertex substring of the path from the ego's progress over 5 s at the
-  highest target speed, buffered by the ego half width with square caps.
+  highest target speed, buffered by the ego half width with square caps and round joins (the
+  joins matter where the substring ends on a lane junction of an offset path, see
+  :func:`_corridor`).
 
-Departures: the corridor is the union of per-segment rectangles (square-capped ends), i.e. the
-buffer's round joins at interior vertices are left out (a sliver on the outside of bends); the
-ego being entirely within a red light is tested on its 4 corners; a speed limit <= 0 falls back
-to 15 m/s like None.
+Departures: when fewer than 2 path vertices fall in the corridor's range (a speed limit near
+0 or vertices further apart than the corridor is long) the corridor is the buffered segment
+between the interpolated ends, where shapely's ``substring`` keeps the one vertex in range;
+the ego being entirely within a red light is tested on its 4 corners; a speed limit <= 0
+falls back to 15 m/s like None.
 
 Speed: everything about the objects that does not depend on the IDM state (corridor
 membership, progress along each path, red lights) is computed for all 25 lead-row updates at
 once, before the sequential unroll; corridor membership tests each object only against the
-corridor rectangles near it (exact, see :func:`_in_corridor`); the lead gap is a
+corridor pieces near it (exact, see :func:`_in_corridor`); the lead gap is a
 rectangle-rectangle / rectangle-polygon distance (``geometry.box_distance``).
 """
 
@@ -84,10 +87,21 @@ def polygon_centroid(poly):
 
 
 def _corridor(path, valid, start, end):
-    """Square-capped buffer of the path's vertex substring between arc lengths start..end, as
-    rectangles (one per segment, plus a fallback segment when < 2 vertices fall in range).
+    """The devkit's driving corridor: the path's vertex substring between arc lengths
+    start..end, buffered by the ego half width (shapely ``buffer``: round joins, square caps).
 
-    path [R,3], valid [R], start/end [] -> (rects [R,4,2], mask [R]).
+    The buffer is exactly the union of one rectangle per segment (the first and last extended
+    by the half width: the square caps) and a disc of that radius at every vertex (the round
+    joins: everything within the half width of a vertex). The discs matter where the path
+    turns sharply, above all at lane junctions of the offset paths: NAVSIM duplicates each
+    junction vertex, and offsetting the two copies along their different headings leaves a
+    short segment (1 m x the heading change: millimetres to centimetres) that points backwards
+    on one side of the road. Where the substring ends on it, the square cap points backwards
+    too, and the join before it is what reaches a half width past the junction.
+
+    path [R,3], valid [R], start/end [] -> (rects [R,4,2], rect_mask [R], discs [R,2] (centres,
+    radius ``EGO_HALF_WIDTH``), disc_mask [R]); rect r is segment r (r < R - 1) or, when fewer
+    than 2 vertices fall in range, the interpolated piece (shapely.ops.substring), rect R - 1.
     """
     w = geometry.EGO_HALF_WIDTH
     seg = path[1:, :2] - path[:-1, :2]
@@ -113,36 +127,73 @@ def _corridor(path, valid, start, end):
     q0 = p0 - jnp.where(idx == first, w, 0.0)[:, None] * d     # square caps at both ends
     q1 = p1 + jnp.where(idx == last, w, 0.0)[:, None] * d
     rects = jnp.stack([q1 + n, q0 + n, q0 - n, q1 - n], axis=1)
-    return rects, mask
+    # Round joins: a disc at every vertex of the substring (at its two ends the disc lies
+    # within the square cap and the end segment's buffer, so including them changes nothing).
+    return rects, mask, path[:, :2], vin & ~fallback
 
 
-# Corridor membership culling: the corridor rectangles are grouped in chunks of this many
-# consecutive segments; an object is tested against the rectangles of the (at most
-# CORRIDOR_CHUNK_CAPACITY) chunks whose bounding box overlaps its own, and against every
-# rectangle where it overlaps more chunk boxes (exact either way).
+# Corridor membership culling: the corridor pieces (segment rectangles and vertex discs) are
+# grouped in chunks of this many consecutive segments; an object is tested against the pieces
+# of the (at most CORRIDOR_CHUNK_CAPACITY) chunks whose bounding box overlaps its own, and
+# against every piece where it overlaps more chunk boxes (exact either way).
 CORRIDOR_CHUNK = 8
 CORRIDOR_CHUNK_CAPACITY = 3
 CORRIDOR_FALLBACK_ROWS = 64
 
 
-def _in_corridor(rects, rect_mask, boxes, present):
+def _near_discs(boxes, discs, disc_mask):
+    """Boxes [...,4,2] (corners) touching any disc of radius ``EGO_HALF_WIDTH`` [...,G,2]
+    (broadcast against the boxes' leading axes), disc_mask [...,G] -> bool [...]: the
+    distance from each centre to the box (0 inside), in the box's frame, <= the radius."""
+    centre, axis, half = geometry.box_frame(boxes)
+    rx = discs[..., 0] - centre[..., None, 0]
+    ry = discs[..., 1] - centre[..., None, 1]
+    c, s = axis[..., None, 0], axis[..., None, 1]
+    du = jnp.maximum(jnp.abs(rx * c + ry * s) - half[..., None, 0], 0.0)
+    dv = jnp.maximum(jnp.abs(ry * c - rx * s) - half[..., None, 1], 0.0)
+    near = du * du + dv * dv <= geometry.EGO_HALF_WIDTH ** 2
+    return (near & disc_mask).any(-1)
+
+
+def _polygons_near_discs(centres, edges):
+    """Polygons touching a disc of radius ``EGO_HALF_WIDTH``: centres [...,2], edges
+    [...,V,6] (``geometry.edge_table``), broadcast -> bool [...]: the centre inside the ring or
+    within the radius of one of its edges."""
+    ax, ay, dx, dy, inv = (edges[..., i] for i in (0, 1, 3, 4, 5))
+    qx, qy = centres[..., 0, None] - ax, centres[..., 1, None] - ay
+    t = jnp.clip((qx * dx + qy * dy) * inv, 0.0, 1.0)
+    ex, ey = qx - t * dx, qy - t * dy
+    near_edge = (ex * ex + ey * ey).min(-1) <= geometry.EGO_HALF_WIDTH ** 2
+    code, _ = geometry.crossing_code(centres[..., 0], centres[..., 1], edges)
+    return near_edge | (code % 2 == 1)
+
+
+def _in_corridor(corridor, boxes, present):
     """Objects whose box intersects a path's corridor, at every step of a stack.
 
-    rects [P,R,4,2], rect_mask [P,R] (``_corridor``); boxes [T,A,4,2], present [T,A] ->
-    bool [T,P,A]. Exact: only rectangles in chunks whose bounding box overlaps the object's
-    can intersect it (see ``CORRIDOR_CHUNK``); rows with more such chunks than slots take the
-    exhaustive test (``preselect.complete``).
+    corridor: (rects [P,R,4,2], rect_mask [P,R], discs [P,R,2], disc_mask [P,R]) from
+    :func:`_corridor`; boxes [T,A,4,2], present [T,A] -> bool [T,P,A]. Exact: only pieces in
+    chunks whose bounding box overlaps the object's can intersect it (see ``CORRIDOR_CHUNK``);
+    rows with more such chunks than slots take the exhaustive test (``preselect.complete``).
     """
+    rects, rect_mask, discs, disc_mask = corridor
     num_p, num_r = rect_mask.shape
     num_t, num_a = present.shape
     chunks = -(-num_r // CORRIDOR_CHUNK)
     pad = chunks * CORRIDOR_CHUNK - num_r
-    rects_c = jnp.pad(rects, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
-        num_p, chunks, CORRIDOR_CHUNK, 4, 2)
-    mask_c = jnp.pad(rect_mask, ((0, 0), (0, pad))).reshape(num_p, chunks, CORRIDOR_CHUNK)
+
+    def chunked(x):
+        widths = ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)
+        return jnp.pad(x, widths).reshape((num_p, chunks, CORRIDOR_CHUNK) + x.shape[2:])
+
+    rects_c, mask_c = chunked(rects), chunked(rect_mask)
+    discs_c, disc_mask_c = chunked(discs), chunked(disc_mask)
     inf = jnp.float32(jnp.inf)
-    lo = jnp.where(mask_c[..., None], rects_c.min(-2), inf).min(-2)          # [P,chunks,2]
-    hi = jnp.where(mask_c[..., None], rects_c.max(-2), -inf).max(-2)
+    w = geometry.EGO_HALF_WIDTH
+    lo = jnp.minimum(jnp.where(mask_c[..., None], rects_c.min(-2), inf).min(-2),
+                     jnp.where(disc_mask_c[..., None], discs_c - w, inf).min(-2))  # [P,chunks,2]
+    hi = jnp.maximum(jnp.where(mask_c[..., None], rects_c.max(-2), -inf).max(-2),
+                     jnp.where(disc_mask_c[..., None], discs_c + w, -inf).max(-2))
     blo, bhi = boxes.min(-2), boxes.max(-2)                                # [T,A,2]
     overlap = ((lo[None, :, None, :, 0] <= bhi[:, None, :, None, 0]) &
                (hi[None, :, None, :, 0] >= blo[:, None, :, None, 0]) &
@@ -153,15 +204,19 @@ def _in_corridor(rects, rect_mask, boxes, present):
     p_idx = jnp.arange(num_p)[None, :, None, None]
     cand = rects_c[p_idx, index]                                           # [T,P,A,C,G,4,2]
     cand_mask = mask_c[p_idx, index] & slot_valid[..., None]               # [T,P,A,C,G]
-    hit = (geometry.convex_intersect(boxes[:, None, :, None, None], cand) & cand_mask).any(
-        (-1, -2))
+    box = boxes[:, None, :, None, None]
+    hit = (geometry.convex_intersect(box, cand) & cand_mask).any((-1, -2))
+    disc_cand = discs_c[p_idx, index].reshape(index.shape[:-1] + (-1, 2))  # [T,P,A,C*G,2]
+    disc_cand_mask = (disc_mask_c[p_idx, index] & slot_valid[..., None]).reshape(
+        index.shape[:-1] + (-1,))
+    hit = hit | _near_discs(boxes[:, None], disc_cand, disc_cand_mask)
     hit = hit & present[:, None]
 
     def exhaustive(i):                                                     # rows of [T*P*A]
         t, p, a = jnp.unravel_index(i, (num_t, num_p, num_a))
         box = boxes[t, a]                                                  # [M,4,2]
-        return (geometry.convex_intersect(box[:, None], rects[p]) & rect_mask[p]).any(-1) & \
-            present[t, a]
+        return ((geometry.convex_intersect(box[:, None], rects[p]) & rect_mask[p]).any(-1) |
+                _near_discs(box, discs[p], disc_mask[p])) & present[t, a]
 
     flat = preselect.complete(overflow.reshape(-1), hit.reshape(-1), exhaustive,
                               CORRIDOR_FALLBACK_ROWS)
@@ -280,7 +335,8 @@ def pdm_closed_details(scene: types.Scene) -> dict:
         p[jnp.maximum(valid.sum() - 1, 0), :2], p, valid)[0])(paths)
     v0 = target_velocities(jnp.asarray(scene.speed_limit, jnp.float32))
     horizon = jnp.max(jnp.abs(v0)) * TRAJECTORY_STEPS * DT
-    rects, rect_mask = jax.vmap(lambda p, s: _corridor(p, valid, s, s + horizon))(paths, s0)
+    corridor = jax.vmap(lambda p, s: _corridor(p, valid, s, s + horizon))(paths, s0)
+    rects, rect_mask, discs, disc_mask = corridor
     red_polys = obs.red_polygons
     red_edges = geometry.edge_table(red_polys)
     along, across = rects[..., 0, :] - rects[..., 1, :], rects[..., 0, :] - rects[..., 3, :]
@@ -292,14 +348,15 @@ def pdm_closed_details(scene: types.Scene) -> dict:
         rects.mean(-2)[:, :, None], rect_axis[:, :, None], 0.5 * rect_len[:, :, None],
         0.5 * jnp.sqrt(across[..., 0] ** 2 + across[..., 1] ** 2)[:, :, None],
         red_edges)                                                                  # [P,R,L]
-    red_in = (red_hits & rect_mask[..., None]).any(1)                               # [P,L]
+    red_near = _polygons_near_discs(discs[:, :, None], red_edges)                   # [P,R,L]
+    red_in = ((red_hits & rect_mask[..., None]) | (red_near & disc_mask[..., None])).any(1)
     red_c = jax.vmap(polygon_centroid)(red_polys)
     red_prog = jax.vmap(lambda p: geometry.polyline_project(red_c, p, valid)[0])(paths)
     # Everything about the objects that does not depend on the IDM state, for all even steps
     # at once (vectorised, outside the sequential unroll).
     even = 2 + 2 * jnp.arange(TRAJECTORY_STEPS // 2)                                # [25]
     centre, box_axis, box_half = _box_frames(obs, even)
-    box_in = _in_corridor(rects, rect_mask, jnp.moveaxis(obs.agent_corners[:, even], 0, 1),
+    box_in = _in_corridor(corridor, jnp.moveaxis(obs.agent_corners[:, even], 0, 1),
                           obs.agent_present[:, even].T)                             # [25,P,A]
     box_prog = jax.vmap(lambda p: geometry.polyline_project(
         jnp.moveaxis(obs.agent_center[:, even], 0, 1), p, valid)[0], out_axes=1)(paths)

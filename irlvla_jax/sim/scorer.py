@@ -95,9 +95,14 @@ def _score_scene(scene, plans, prev_states, obs, ref_states, human_filter):
     raw = metrics.score_states(
         jnp.concatenate([ref_states[None], human_states[None], states]), obs, scene)
     multi = metrics.multiplier(raw)
-    # Each trajectory is normalised against the reference alone, as NAVSIM scores the pair
-    # {PDM-Closed, agent} (and {PDM-Closed, human}) together.
+    # Each candidate is normalised against the reference alone, as NAVSIM scores the pair
+    # {PDM-Closed, agent} together.
     ep = metrics.normalise_progress(raw["progress"], multi, raw["progress"][0], multi[0])
+    # The human filter scores the human on its own, a batch of one trajectory without
+    # PDM-Closed (navsim/evaluate/pdm_score.py), so its EP is normalised against itself: 1 in
+    # every case (raw / (raw * multi) >= 1 above 5 m, else 1), and the filter never lifts EP.
+    human_ep = metrics.normalise_progress(raw["progress"][1], multi[1], raw["progress"][1],
+                                          multi[1])
     k = plans.shape[0]
     ones = jnp.ones((k,), jnp.float32)
     if prev_states is None:
@@ -112,7 +117,7 @@ def _score_scene(scene, plans, prev_states, obs, ref_states, human_filter):
         ec=ec, ec_weight=ec_weight)
     # The human is scored without history (HC = 1) and has no EC.
     human = types.SubScores(
-        nc=raw["nc"][1], dac=raw["dac"][1], ddc=raw["ddc"][1], tlc=raw["tlc"][1], ep=ep[1],
+        nc=raw["nc"][1], dac=raw["dac"][1], ddc=raw["ddc"][1], tlc=raw["tlc"][1], ep=human_ep,
         ttc=raw["ttc"][1], lk=raw["lk"][1], hc=jnp.float32(1.0), ec=jnp.float32(1.0),
         ec_weight=jnp.float32(0.0))
     filtered = apply_human_filter(agent, human, jnp.asarray(scene.is_original)) \
