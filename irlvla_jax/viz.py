@@ -187,8 +187,9 @@ def plot_scene_bev(scene: types.Scene,
 
     ego = box_outline(np.array([EGO_REAR_AXLE_TO_CENTER_M, 0.0]), 0.0, EGO_LENGTH_M,
                       EGO_WIDTH_M)
-    ax.fill(*_page(ego).T, facecolor=EGO_COLOR, edgecolor="black", lw=0.8, zorder=9,
-            label="ego")
+    # under the plans (zorder 8+): a plan that stops within the ego's length stays visible
+    ax.fill(*_page(ego).T, facecolor=EGO_COLOR, edgecolor="black", lw=0.8, zorder=6.9,
+            alpha=0.6, label="ego")
 
     if scores:
         text = "\n".join(f"{k}: {float(v):.3f}" for k, v in scores.items())
