@@ -189,7 +189,7 @@ def plot_scene_bev(scene: types.Scene,
                       EGO_WIDTH_M)
     # under the plans (zorder 8+): a plan that stops within the ego's length stays visible
     ax.fill(*_page(ego).T, facecolor=EGO_COLOR, edgecolor="black", lw=0.8, zorder=6.9,
-            alpha=0.6, label="ego")
+            label="ego")
 
     if scores:
         text = "\n".join(f"{k}: {float(v):.3f}" for k, v in scores.items())
