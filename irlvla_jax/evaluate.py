@@ -210,12 +210,12 @@ def run(config, workdir: str) -> dict:
     result["bev"] = save_bev_examples(os.path.join(out_dir, "bev"), scenes,
                                       {k: v for k, v in plans.items() if k != "human"})
     loop.save_config(out_dir, config)
-    if jax.process_index() == 0:
+    if tracking.is_main_process():
         tracking.write_json(os.path.join(out_dir, "eval.json"), result)
         save_plans(os.path.join(workdir, PLANS_FILE), metas, plans)
     tracking.print_table(f"EPDMS on {config.data.eval_split} ({table['human']['num_scenes']} "
                          f"scenes)", table, COLUMNS + ["l2_2s"])
-    if jax.process_index() == 0:
+    if tracking.is_main_process():
         from irlvla_jax import report as run_report
         print(f"report: {run_report.write_report(workdir, config)}", flush=True)
     return result

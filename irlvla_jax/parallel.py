@@ -172,11 +172,6 @@ def state_shardings(abstract: Any, mesh: Mesh, mesh_cfg: Mapping[str, Any] | Non
     return jax.tree_util.tree_map_with_path(one, abstract)
 
 
-def place_state(tree: Any, mesh: Mesh, mesh_cfg: Mapping[str, Any] | None = None) -> Any:
-    """Put a state pytree on the mesh with its FSDP shardings (replicated when fsdp = 1)."""
-    return jax.device_put(tree, state_shardings(tree, mesh, mesh_cfg))
-
-
 def device_bytes(tree: Any) -> int:
     """Bytes of a pytree of jax.Arrays held by one device (device 0's shards)."""
     dev = jax.devices()[0]

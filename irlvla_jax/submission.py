@@ -279,7 +279,6 @@ def run(config, workdir: str) -> dict[str, Any]:
     metadata of ``config.eval`` (team_name, authors, email, institution, country).
 
     Scenes of stage 2 (navhard two-stage) go into the second stage. Returns a summary dict."""
-    import jax
     plans_path = os.path.join(workdir, evaluate.PLANS_FILE)
     if not os.path.exists(plans_path):
         raise SystemExit(f"submit: no plans at {plans_path}: run `python launch.py eval` first "
@@ -296,7 +295,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     second = {t: p for t, p, s in zip(tokens, plans, stages) if s == 2}
     metadata = {key: str(ecfg.get(field, "")) for field, key in CONFIG_METADATA.items()}
     path = os.path.join(workdir, "eval", "submission.pkl")
-    if jax.process_index() == 0:
+    if tracking.is_main_process():
         write_submission(path, first, second, metadata)
     stage2 = f" + {len(second)} second-stage" if second else ""
     print(f"submit: {policy} plans of {len(first)} scenes{stage2} -> {path}", flush=True)

@@ -127,9 +127,8 @@ class MetricWriter:
     def __init__(self, directory: str, enabled: bool | None = None, resume_step: int = 0):
         """resume_step: the step a resumed run restarts from; records written after it by the
         interrupted run are dropped (JSON lines) or purged (TensorBoard), not repeated."""
-        import jax
         self.directory = directory
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.enabled = is_main_process() if enabled is None else enabled
         self._tb = None
         self._f = None
         if self.enabled:
@@ -162,6 +161,18 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def is_main_process() -> bool:
+    """Process 0 writes the run's files; the others compute only."""
+    import jax
+    return jax.process_index() == 0
+
+
+def write_result(path: str, obj: Mapping[str, Any]) -> None:
+    """:func:`write_json` from process 0 only (a stage's ``eval.json``, ``config.json``)."""
+    if is_main_process():
+        write_json(path, obj)
 
 
 def write_json(path: str, obj: Mapping[str, Any]) -> None:

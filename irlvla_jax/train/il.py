@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from irlvla_jax import geometry, parallel, types
+from irlvla_jax import geometry, parallel, tracking, types
 from irlvla_jax.models import anchors as anchors_lib
 from irlvla_jax.models import detection as det_lib
 from irlvla_jax.models import planner as planner_lib
@@ -297,5 +297,5 @@ def run(config, workdir: str) -> dict:
             eval_step, st, eval_batches(icfg.eval_batches), eval_rng, epdms_fn),
         final_eval=final_eval,
         postfix=lambda m: {"loss": f"{m['loss']:.3f}", "l1": f"{m['traj_l1']:.2f}"})
-    loop.write_result(os.path.join(out_dir, "eval.json"), result.final)
+    tracking.write_result(os.path.join(out_dir, "eval.json"), result.final)
     return result.final

@@ -341,7 +341,7 @@ def evaluate_reward_model(eval_step, params, frozen, batches, rng, train_means=N
     cat = {k: np.concatenate(v) for k, v in outs.items()}
     if source is not None:
         cat["source"] = source
-    if dump and loop.is_main_process():
+    if dump and tracking.is_main_process():
         np.savez_compressed(dump, **cat)
     result = rwm_quality.quality_metrics(cat, train_means)
     result["rwm"]["num_scenes"] = result["mean_baseline"]["num_scenes"] = int(cat["true"].shape[0])
@@ -450,7 +450,7 @@ def run(config, workdir: str) -> dict:
                                    k_eval, means,
                                    dump=os.path.join(workdir, "irl", "eval_outputs.npz"))
     result["train_label_means"] = means
-    loop.write_result(os.path.join(workdir, "irl", "eval.json"), result)
+    tracking.write_result(os.path.join(workdir, "irl", "eval.json"), result)
     names = [k for k in result["rwm"] if k != "num_scenes"]
     tracking.print_table(f"RWM held-out quality ({result['rwm']['num_scenes']} scenes)",
                          {n: {"rwm": result["rwm"][n], "mean_baseline":

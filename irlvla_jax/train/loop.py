@@ -17,7 +17,7 @@ way for IL, IRL and PPO:
   bar; after a resume the records past the restored step are dropped, not repeated.
 * **evaluation hooks**: ``periodic_eval(state, step) -> dict`` every ``eval_every`` steps and
   ``final_eval(state)`` at the end (scalars logged under ``eval/``); the stage writes the final
-  result with :func:`write_result` (process 0 only).
+  result with ``tracking.write_result`` (process 0 only).
 * **checkpoints** every ``ckpt_every`` steps and at the end; a failed save (also one that failed
   in the background, checked on log steps) raises ``CheckpointError`` naming the directory.
 """
@@ -90,16 +90,6 @@ class LoopResult:
     final: Any = None                   # what ``final_eval`` returned
 
 
-def is_main_process() -> bool:
-    return jax.process_index() == 0
-
-
-def write_result(path: str, obj: Mapping[str, Any]) -> None:
-    """Write a stage's JSON result (``eval.json``) from process 0 only."""
-    if is_main_process():
-        tracking.write_json(path, obj)
-
-
 # ----------------------------------------------------------------------------------------------
 # The run's config, saved next to its checkpoints.
 
@@ -164,8 +154,8 @@ def check_config(stage_dir: str, config: Any, what: str) -> None:
 
 
 def save_config(stage_dir: str, config: Any) -> None:
-    if is_main_process() and config is not None:
-        tracking.write_json(os.path.join(stage_dir, "config.json"), config_dict(config))
+    if config is not None:
+        tracking.write_result(os.path.join(stage_dir, "config.json"), config_dict(config))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,13 +236,15 @@ def run(spec: LoopSpec, out_dir: str, step_fn: StepFn, state: Any,
             nonlocal means
             fetched = jax.device_get([m for _, m in pending])
             last = {}
-            for (step, _), m in zip(pending, fetched):
+            for m in fetched:
                 last = {k: float(v) for k, v in m.items()}
                 if running_means:
                     for k, v in last.items():
                         if k.startswith(running_means):
                             sums[k] = sums.get(k, 0.0) + v
-                    means = {k: v / (step + 1) for k, v in sums.items()}
+            if running_means:
+                steps_done = pending[-1][0] + 1
+                means = {k: v / steps_done for k, v in sums.items()}
             pending.clear()
             return last
 

@@ -374,7 +374,7 @@ def run(config, workdir: str) -> dict:
               "advantage": cfg.advantage, "horizon": cfg.horizon,
               "epdms": table["rl_policy"]["epdms"], "policies": table}
     result.update({k: table["rl_policy"][k] for k in types.SUBSCORE_NAMES})
-    loop.write_result(os.path.join(workdir, "rl", "eval.json"), result)
+    tracking.write_result(os.path.join(workdir, "rl", "eval.json"), result)
     tracking.print_table(f"EPDMS on {config.data.eval_split} (rl: reward={cfg.reward}, "
                          f"advantage={cfg.advantage}, T={cfg.horizon})", table,
                          evaluate.COLUMNS)
