@@ -101,6 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
         mlp_dim=128,
         depths=(4.0, 8.0, 16.0, 32.0, 48.0),   # points along each camera ray for its position code
         use_lidar=True,
+        remat="",                  # "" or a layers.REMAT_POLICIES name: each layer recomputed
+                                   # in the backward pass (memory for compute; same params)
     ))
     m.detection = ml_collections.ConfigDict(dict(
         num_queries=16,            # object tokens; the nearest num_queries agents are the targets
@@ -137,6 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
             rope_theta=10000.0,
             qkv_bias=False,
             tie_word_embeddings=True,
+            remat="",              # as model.bev.remat, per decoder layer
             # HF LLaMA/Qwen2 directory loaded at IL init ("" = random init, byte tokenizer):
             # config.json (must equal the fields above), *.safetensors shards, tokenizer.json
             # (tokenises the prompt instead of the byte tokenizer)
@@ -159,6 +162,7 @@ def get_config() -> ml_collections.ConfigDict:
         eta=0.0, sigma_min_sample=0.04, sigma_min_logprob=0.1, logprob_clamp=(-5.0, 2.0),
         x0_clip=3.0,                # clip predicted x0 in normalised space (0: off)
         x0_base="anchor",           # x0 = base + predicted offset; base: "anchor" | "noisy" (x_t)
+        remat="",                   # as model.bev.remat, per planner block
     ))
     c.il = ml_collections.ConfigDict(dict(
         num_steps=1000, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irlvla_jax.models import layers
 from irlvla_jax.models.layers import MLP, CrossAttentionBlock, as_dtype
 
 
@@ -78,7 +79,7 @@ class BEVEncoder(nn.Module):
     """Camera feature maps (+ optional LiDAR raster) -> BEV feature map.
 
     cfg (``config.model.bev``): query_hw, range_m, dim, num_layers, num_heads, mlp_dim, depths,
-    use_lidar.
+    use_lidar; optional remat (``layers.remat_policy``).
     """
     cfg: Any
     dtype: Any = jnp.float32
@@ -110,16 +111,12 @@ class BEVEncoder(nn.Module):
         if cfg.use_lidar and lidar_bev is not None:
             x = x + self._lidar(lidar_bev.astype(dt), (hq, wq), d, dt).reshape(b, hq * wq, d)
 
+        # one layer = cross-attention + mixing; cfg.remat rematerialises each layer in the
+        # backward pass (layers.remat_policy). Its sub-modules are made with parent=module so
+        # their params sit directly under this encoder with or without remat.
+        layer = layers.maybe_remat(_bev_layer, cfg.get("remat", ""), static_argnums=(1, 6))
         for i in range(cfg.num_layers):
-            x = CrossAttentionBlock(cfg.num_heads, d // cfg.num_heads, cfg.mlp_dim, dtype=dt,
-                                    name=f"cross_{i}")(x, tokens, train=train, x_pos=query_pos,
-                                                      context_pos=cam_pos)
-            # local spatial mixing between neighbouring cells (cheaper than BEV self-attention
-            # at 128 x 128 cells)
-            grid = nn.LayerNorm(dtype=dt, name=f"mix_norm_{i}")(x).reshape(b, hq, wq, d)
-            grid = nn.Conv(d, (3, 3), padding="SAME", feature_group_count=d, dtype=dt,
-                           name=f"mix_conv_{i}")(grid)
-            x = x + nn.Dense(d, dtype=dt, name=f"mix_proj_{i}")(nn.gelu(grid)).reshape(b, -1, d)
+            x = layer(self, i, x, tokens, query_pos, cam_pos, train)
         return nn.LayerNorm(dtype=dt, name="out_norm")(x).reshape(b, hq, wq, d)
 
     def _lidar(self, lidar_bev, hw, d, dt):
@@ -128,3 +125,21 @@ class BEVEncoder(nn.Module):
             lidar_bev))
         y = jax.image.resize(y, (y.shape[0], *hw, y.shape[-1]), "linear", antialias=True)
         return nn.Conv(d, (3, 3), padding="SAME", dtype=dt, name="lidar_conv2")(y)
+
+
+def _bev_layer(module: BEVEncoder, i: int, x: jax.Array, tokens: jax.Array, query_pos: jax.Array,
+               cam_pos: jax.Array, train: bool) -> jax.Array:
+    """BEV layer ``i`` of ``module``: queries x [B, Hq*Wq, d] cross-attend to the camera tokens
+    [B, N, d] (position codes on queries and keys), then mix neighbouring cells (a depthwise
+    3x3 convolution: cheaper than BEV self-attention at 128 x 128 cells)."""
+    cfg, dt = module.cfg, as_dtype(module.dtype)
+    b, d = x.shape[0], cfg.dim
+    hq, wq = cfg.query_hw
+    x = CrossAttentionBlock(cfg.num_heads, d // cfg.num_heads, cfg.mlp_dim, dtype=dt,
+                            name=f"cross_{i}", parent=module)(x, tokens, None, train, query_pos,
+                                                              cam_pos)
+    grid = nn.LayerNorm(dtype=dt, name=f"mix_norm_{i}", parent=module)(x).reshape(b, hq, wq, d)
+    grid = nn.Conv(d, (3, 3), padding="SAME", feature_group_count=d, dtype=dt,
+                   name=f"mix_conv_{i}", parent=module)(grid)
+    return x + nn.Dense(d, dtype=dt, name=f"mix_proj_{i}", parent=module)(
+        nn.gelu(grid)).reshape(b, -1, d)

@@ -25,6 +25,38 @@ def as_dtype(dtype: Dtype) -> jnp.dtype:
     return jnp.dtype(dtype or jnp.float32)
 
 
+# Rematerialisation (activation checkpointing) of repeated blocks: ``config.model.semantic.llm.
+# remat``, ``config.model.bev.remat``, ``config.model.planner.remat`` name one of these policies
+# ("" = off). Params keep their paths either way, so checkpoints load with or without it.
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
+
+
+def remat_policy(name: str | None) -> Callable | None:
+    """A block's remat switch -> a ``jax.checkpoint_policies`` policy, or None when off.
+
+    "nothing_saveable": the backward pass keeps only each block's input and recomputes the
+    rest (least memory, one more forward per block); "dots_with_no_batch_dims_saveable" also
+    keeps the weight matmuls' outputs (recomputes attention scores, norms, activations);
+    "dots_saveable" keeps every matmul output, attention's included.
+    """
+    if not name:
+        return None
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat = {name!r}: expected '' (off) or one of {REMAT_POLICIES}")
+    return getattr(jax.checkpoint_policies, name)
+
+
+def maybe_remat(target: Any, name: str | None, static_argnums: tuple[int, ...] = ()) -> Any:
+    """``target`` (a Module class, or a function taking a module first) wrapped in
+    ``nn.remat`` with :func:`remat_policy` (``name``), or ``target`` itself when ``name`` is
+    empty. ``static_argnums`` count ``self`` (or the function's module) as 0: Python values
+    (flags such as ``causal`` or ``train``) must be passed positionally at those places."""
+    policy = remat_policy(name)
+    if policy is None:
+        return target
+    return nn.remat(target, policy=policy, static_argnums=static_argnums)
+
+
 def key_padding_mask(valid: jax.Array) -> jax.Array:
     """valid [B, Nk] bool -> attention mask [B, 1, 1, Nk]."""
     return valid[:, None, None, :]

@@ -190,7 +190,8 @@ class DiffusionPlanner(nn.Module):
     """x0-predicting denoiser over M trajectory modes.
 
     Config (``config.model.planner``): num_anchors, d_model, num_heads, num_blocks, mlp_ratio,
-    fourier_freqs, traj_center, traj_scale, schedule fields (see :func:`alphas_cumprod`).
+    fourier_freqs, traj_center, traj_scale, schedule fields (see :func:`alphas_cumprod`),
+    remat (optional: the blocks rematerialised in the backward pass, ``layers.remat_policy``).
     The anchors live in the ``'anchors'`` variable collection (not trained, saved with the
     checkpoint); replace them with :func:`set_anchors` after ``init``.
     """
@@ -208,7 +209,8 @@ class DiffusionPlanner(nn.Module):
         self.time_mlp = [nn.Dense(d, dtype=self.dtype), nn.Dense(d, dtype=self.dtype)]
         self.ego_mlp = [nn.Dense(d, dtype=self.dtype), nn.Dense(d, dtype=self.dtype)]
         self.ctx_proj = {n: nn.Dense(d, dtype=self.dtype) for n in CONTEXT_ORDER}
-        self.blocks = [PlannerBlock(d, int(c["num_heads"]), int(c["mlp_ratio"]), self.dtype)
+        block = layers.maybe_remat(PlannerBlock, c.get("remat", ""))   # layers.remat_policy
+        self.blocks = [block(d, int(c["num_heads"]), int(c["mlp_ratio"]), self.dtype)
                        for _ in range(int(c["num_blocks"]))]
         self.out_norm = nn.LayerNorm(dtype=self.dtype)
         self.reg_head = [nn.Dense(d, dtype=self.dtype),

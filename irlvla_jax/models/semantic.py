@@ -32,14 +32,15 @@ import numpy as np
 
 from irlvla_jax import types
 from irlvla_jax.models import tokenizer
-from irlvla_jax.models.layers import CrossAttentionBlock, RMSNorm, TransformerBlock, as_dtype
+from irlvla_jax.models.layers import (CrossAttentionBlock, RMSNorm, TransformerBlock, as_dtype,
+                                      maybe_remat)
 from irlvla_jax.models.weights import WeightLoadError, apply_mapping, flatten_params, read_tensors
 
 
 class LlamaDecoder(nn.Module):
     """LLaMA/Qwen2-style decoder. cfg = ``config.model.semantic.llm`` (vocab_size, hidden_size,
     num_layers, num_heads, num_kv_heads, head_dim, intermediate_size, rms_norm_eps, rope_theta,
-    qkv_bias, tie_word_embeddings)."""
+    qkv_bias, tie_word_embeddings; optional remat: see ``layers.remat_policy``)."""
     cfg: Any
     dtype: Any = jnp.float32
 
@@ -48,10 +49,13 @@ class LlamaDecoder(nn.Module):
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size,
                                      embedding_init=nn.initializers.normal(0.02),
                                      dtype=as_dtype(self.dtype))
-        self.layers = [TransformerBlock(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                        cfg.intermediate_size, self.dtype, norm="rms",
-                                        ffn="swiglu", norm_eps=cfg.rms_norm_eps,
-                                        qkv_bias=cfg.qkv_bias, rope_base=cfg.rope_theta)
+        # cfg.remat: each layer rematerialised in the backward pass (layers.remat_policy);
+        # argument 4 (causal) is a Python flag
+        block = maybe_remat(TransformerBlock, cfg.get("remat", ""), static_argnums=(4,))
+        self.layers = [block(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                             cfg.intermediate_size, self.dtype, norm="rms", ffn="swiglu",
+                             norm_eps=cfg.rms_norm_eps, qkv_bias=cfg.qkv_bias,
+                             rope_base=cfg.rope_theta)
                        for _ in range(cfg.num_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype)
         if not cfg.tie_word_embeddings:
@@ -71,7 +75,7 @@ class LlamaDecoder(nn.Module):
         mask = valid[:, None, None, :]
         x = embeds.astype(as_dtype(self.dtype))
         for layer in self.layers:
-            x = layer(x, mask=mask, rope_positions=positions, causal=True)
+            x = layer(x, mask, positions, True)            # (x, mask, rope_positions, causal)
         return self.norm(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

@@ -45,6 +45,9 @@ StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
 STRUCTURAL_FIELDS = {"il": ("model", "data.sizes", "il.freeze"),
                      "irl": ("rwm", "data.sizes"),
                      "rl": ("model", "data.sizes", "ppo.value_hidden")}
+# Fields under those that change how the state is computed, not its shapes: a resume may
+# switch them (the remat switches: memory against recomputation, same params).
+RUNTIME_FIELDS = ("model.semantic.llm.remat", "model.bev.remat", "model.planner.remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +147,8 @@ def check_config(stage_dir: str, config: Any, what: str) -> None:
     stage = os.path.basename(os.path.normpath(stage_dir))
     if saved is None or stage not in STRUCTURAL_FIELDS:
         return
-    changes = config_changes(saved, config, STRUCTURAL_FIELDS[stage])
+    changes = [c for c in config_changes(saved, config, STRUCTURAL_FIELDS[stage])
+               if c.split(":", 1)[0] not in RUNTIME_FIELDS]
     if changes:
         raise SystemExit(
             f"{what} was trained with another model configuration; these fields differ "
