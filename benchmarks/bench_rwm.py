@@ -104,8 +104,8 @@ def main(argv=None):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config()
-    if config.rwm.scene_encoder != "vector":
-        config.rwm.scene_encoder = "vector"    # no IL checkpoint here: time the own encoder
+    if config.rwm.scene_encoder != "privileged":
+        config.rwm.scene_encoder = "privileged"    # no IL checkpoint here: time the own encoder
     sizes = types.SceneSizes.from_config(config.data.sizes)
     if args.split:
         from irlvla_jax.data import loader

@@ -66,7 +66,7 @@ def get_config():
         pretrained=""))            # the Qwen2.5-3B HF directory (see above)
 
     # --- model.planner + il at paper scale ---------------------------------------------------
-    c.model.agent_vectors = False    # agents from camera/LiDAR perception only (the paper's setting)
+    c.model.privileged = ()    # AgentInput only: agents and map from camera/LiDAR perception
     c.model.planner.update(dict(num_anchors=20, d_model=256, num_heads=8, num_blocks=2,
                                 mlp_ratio=4, fourier_freqs=8, bev_pool=4))
     c.il.update(dict(num_steps=8000, lr=2e-4, warmup_steps=500, weight_decay=1e-2,

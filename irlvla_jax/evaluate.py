@@ -188,6 +188,34 @@ def load_plans(path: str) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]
                 {k: f[k] for k in f.files if k not in ("tokens", "stages")})
 
 
+def privileged_inputs(config, names) -> dict[str, dict[str, list[str]]]:
+    """Per trained policy in ``names``: the ground truth it reads at inference ("policy":
+    ``config.model.privileged``; non-empty = not a valid NAVSIM agent) and, for the RL policy,
+    what its training reward read ("reward": the RWM's privileged inputs, or "scorer" for the
+    true-scorer ablation; training may use ground truth, inference may not)."""
+    from irlvla_jax.models import policy as policy_lib
+    from irlvla_jax.models import reward_model as rwm_lib
+    pol = list(policy_lib.privileged_inputs(config.model))
+    out = {}
+    for name in names:
+        if name == "il_policy":
+            out[name] = {"policy": pol}
+        elif name == "rl_policy":
+            reward = (["scorer"] if config.ppo.reward == "scorer"
+                      else list(rwm_lib.privileged_inputs(config.rwm)))
+            out[name] = {"policy": pol, "reward": reward}
+    return out
+
+
+def warn_privileged(what: str, inputs: Sequence[str]) -> None:
+    """Say loudly that ``what`` comes from a policy reading ground truth (not a NAVSIM agent)."""
+    if inputs:
+        bar = "!" * 78
+        print(f"{bar}\n{what}: the policy reads privileged ground truth at inference "
+              f"({', '.join(inputs)}; config.model.privileged). It is NOT a valid NAVSIM agent: "
+              f"a privileged ablation, not a leaderboard entry.\n{bar}", flush=True)
+
+
 def run(config, workdir: str) -> dict:
     """``python launch.py eval``: every available policy and the baselines on the eval split."""
     from irlvla_jax.data.loader import load_split_numpy
@@ -205,7 +233,9 @@ def run(config, workdir: str) -> dict:
                                     constant_velocity_plan}
     planners.update(policies)
     table, plans = evaluate_planners(planners, scenes, metas=metas)
-    result = {"split": config.data.eval_split, "policies": table}
+    result = {"split": config.data.eval_split, "policies": table,
+              "privileged_inputs": privileged_inputs(config, policies)}
+    warn_privileged("eval", result["privileged_inputs"].get("il_policy", {}).get("policy", []))
     # Baselines first, the trained policies last: the last plan is drawn on top.
     result["bev"] = save_bev_examples(os.path.join(out_dir, "bev"), scenes,
                                       {k: v for k, v in plans.items() if k != "human"})

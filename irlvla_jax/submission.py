@@ -295,6 +295,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     second = {t: p for t, p, s in zip(tokens, plans, stages) if s == 2}
     metadata = {key: str(ecfg.get(field, "")) for field, key in CONFIG_METADATA.items()}
     path = os.path.join(workdir, "eval", "submission.pkl")
+    privileged = _privileged_of(os.path.dirname(plans_path), policy)
+    evaluate.warn_privileged(f"submit {policy}", privileged)
     if tracking.is_main_process():
         write_submission(path, first, second, metadata)
     stage2 = f" + {len(second)} second-stage" if second else ""
@@ -304,7 +306,19 @@ def run(config, workdir: str) -> dict[str, Any]:
         print(f"submit: set {', '.join(empty)} before uploading it "
               f"(--config.eval.{empty[0]}=...)", flush=True)
     return {"path": path, "policy": policy, "first_stage": len(first),
-            "second_stage": len(second)}
+            "second_stage": len(second), "privileged_inputs": privileged}
+
+
+def _privileged_of(eval_dir: str, policy: str) -> list[str]:
+    """The privileged inputs eval.json (beside the plans / submission) recorded for ``policy``
+    ([] when it recorded none or there is no eval.json)."""
+    import json
+    path = os.path.join(eval_dir, "eval.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rec = json.load(f).get("privileged_inputs", {})
+    return list(rec.get(policy, {}).get("policy", []))
 
 
 def score_predictions(preds: Mapping[str, np.ndarray], scenes: types.Scene,
@@ -351,6 +365,10 @@ def score_submission(config, path: str, *, allow_partial: bool = False,
     ``first_stage_only``: scoring the second stage is not supported yet."""
     sub = read_submission(path)
     split = config.data.eval_split
+    # A submission written by `launch.py submit` has the run's eval.json beside it (IL and RL
+    # share config.model.privileged).
+    evaluate.warn_privileged(f"{os.path.basename(path)} (per the eval.json beside it)",
+                             _privileged_of(os.path.dirname(path), "il_policy"))
     if sub.second_stage and not first_stage_only:
         raise ValueError(f"{path}: holds {len(sub.second_stage)} second-stage (navhard "
                          f"two-stage) predictions; scoring the second stage is not supported "

@@ -80,6 +80,14 @@ NUM_HISTORY = 4   # frames at -1.5, -1.0, -0.5, 0 s
 NUM_AGENT_STEPS = 9  # agent boxes at t = 0, 0.5, ..., 4.0 s
 PLAN_LEN = 8      # planner output: 8 poses at 0.5 s
 
+#: The Scene fields a NAVSIM agent receives (``AgentInput``: ego status history, driving
+#: command, cameras with their calibration, LiDAR). Everything else in a Scene (agents, map,
+#: lanes, route, red lights, the logged future, labels, bookkeeping) is a training target or a
+#: scorer input, never a default policy / reward-model input (``models.policy.PRIVILEGED_INPUTS``).
+AGENT_INPUT_FIELDS = ("ego_history", "ego_history_velocity", "ego_history_acceleration",
+                      "ego_history_time", "ego_velocity", "ego_acceleration", "driving_command",
+                      "cameras", "cam_intrinsics", "cam_to_ego", "lidar_bev")
+
 
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)

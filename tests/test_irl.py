@@ -52,7 +52,10 @@ def noisy_policy(variables, scene, rng):
 
 def make_config(irl_weight=2.0):
     c = tiny.get_config()
-    c.rwm.update(dict(d_model=32, num_heads=4, mlp_dim=64, scene_layers=1, num_blocks=1))
+    # The stand-in policy here has no sensor tokens: these tests of the IRL machinery use the
+    # RWM's own (privileged) scene encoder; the default sensor RWM runs in test_launch.
+    c.rwm.update(dict(scene_encoder="privileged", d_model=32, num_heads=4, mlp_dim=64,
+                      scene_layers=1, num_blocks=1))
     c.irl.update(dict(num_vocab=4, num_policy=3, num_perturb=4, lr=3e-3, warmup_steps=0,
                       irl_weight=irl_weight, num_steps=4, log_every=1, ckpt_every=2))
     return c

@@ -39,11 +39,13 @@ def setup():
     scene = jax.tree.map(jnp.asarray, ppo_scenes.road_scenes(B, seed=3))
     il_vars = jax.jit(lambda r: policy_lib.init_variables(model, scene, r))(
         jax.random.PRNGKey(0))
-    rwm = rwm_lib.RewardModel(config.rwm)
-    rwm_params = rwm_lib.init_params(rwm, scene, jax.random.PRNGKey(1))
-    reward_fn = ppo.make_reward_fn(rwm, rwm_params, use_scorer=False)
     tokens = jax.eval_shape(lambda: policy_lib.encode(model, il_vars, scene).replace(aux={}))
     tokens = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tokens)
+    # the default RWM: it reads the policy's (re-observed) sensor tokens in the rollout
+    assert config.rwm.scene_encoder == "policy"
+    rwm = rwm_lib.RewardModel(config.rwm)
+    rwm_params = rwm_lib.init_params(rwm, scene, jax.random.PRNGKey(1), policy_tokens=tokens)
+    reward_fn = ppo.make_reward_fn(rwm, rwm_params, use_scorer=False)
     state = ppo.init_state(config, il_vars, tokens, jax.random.PRNGKey(2))
     # SGD with momentum instead of the stage's AdamW: Adam's first steps are +-lr whatever the
     # gradient's size, which would turn float reduction-order noise into sign flips in the
@@ -61,7 +63,8 @@ def test_reward_counts_closed_loop_ec_after_the_first_step(setup):
     s = setup
     scene = s["scene"].replace(has_previous=jnp.asarray([True, False]))
     plans = jnp.zeros((B, 8, 3)).at[:, :, 0].set(jnp.arange(1.0, 9.0) * 3.0)
-    cfg = s["config"]
+    cfg = s["config"].copy_and_resolve_references()
+    cfg.rwm.scene_encoder = "privileged"       # reads the scene itself: no tokens needed here
     model = rwm_lib.RewardModel(cfg.rwm)
     params = rwm_lib.init_params(model, s["scene"], jax.random.PRNGKey(1))
     fn = ppo.make_reward_fn(model, params, use_scorer=False)

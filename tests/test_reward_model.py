@@ -14,7 +14,7 @@ from irlvla_jax.train import candidates as C
 B, K = 2, 5
 
 
-def rwm_cfg(encoder="vector"):
+def rwm_cfg(encoder="privileged"):
     return ml_collections.ConfigDict(dict(scene_encoder=encoder, d_model=32, num_heads=4,
                                           mlp_dim=64, scene_layers=1, num_blocks=1,
                                           dtype="float32"))
@@ -93,6 +93,59 @@ def test_policy_tokens_encoder_is_frozen():
     assert float(jnp.abs(g).sum()) == 0.0          # stop_gradient: the policy stays frozen
     with pytest.raises(ValueError, match="policy"):
         R.apply(model, params, scene, trajs, None)
+
+
+def _tokens(seed, d=16):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 5)
+    return SceneTokens(meta=jax.random.normal(ks[4], (B, 2, d)), meta_logits=None,
+                       bev=jax.random.normal(ks[0], (B, 6, d)), bev_map=None,
+                       map=jax.random.normal(ks[1], (B, 4, d)),
+                       map_valid=jnp.ones((B, 4), bool), obj=jax.random.normal(ks[2], (B, 3, d)),
+                       ego_status=jax.random.normal(ks[3], (B, 20)))
+
+
+def test_default_rwm_reads_sensor_features_not_ground_truth():
+    """The default RWM (configs/tiny.py's rwm): with the same sensor features, predictions are
+    bit-identical when the agents' logged futures, the map polygons, the route and the red
+    lights change; they change with the sensor features. The privileged ablation's do not."""
+    from configs import tiny
+    cfg = tiny.get_config().rwm
+    assert cfg.scene_encoder == "policy" and not cfg.interaction
+    assert R.privileged_inputs(cfg) == ()
+    cfg.update(d_model=32, mlp_dim=64)
+    model = R.RewardModel(cfg)
+    scene = batch_scene()
+    other = jax.tree.map(lambda x: x[::-1], scene)          # scene 1 has the agent ahead
+    moved = scene.replace(
+        agent_states=scene.agent_states.at[..., 1:, :2].add(3.0),
+        agent_valid=other.agent_valid, map_polygons=scene.map_polygons + 1.5,
+        map_polygon_valid=other.map_polygon_valid, centerline=other.centerline,
+        red_light_is_red=~scene.red_light_is_red, expert_future=other.expert_future)
+    tokens = _tokens(3)
+    params = R.init_params(model, scene, jax.random.PRNGKey(0), policy_tokens=tokens)
+    # non-trivial parameters (the heads are not zero-initialised, but be sure)
+    leaves, tdef = jax.tree.flatten(params)
+    params = jax.tree.unflatten(tdef, [x + 0.05 * jax.random.normal(jax.random.PRNGKey(i),
+                                                                    x.shape)
+                                       for i, x in enumerate(leaves)])
+    trajs = jax.random.normal(jax.random.PRNGKey(1), (B, K, 8, 3)) * 3.0
+    apply = jax.jit(lambda s, t: R.apply(model, params, s, trajs, t))
+    base = apply(scene, tokens)
+    same = apply(moved, tokens)
+    for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(same)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(apply(scene, _tokens(4)).ep_logit, base.ep_logit)
+
+    priv = tiny.get_config().rwm
+    priv.update(scene_encoder="privileged", interaction=True, d_model=32, mlp_dim=64)
+    assert R.privileged_inputs(priv) == ("scene_vectors", "interaction")
+    pm = R.RewardModel(priv)
+    pp = R.init_params(pm, scene, jax.random.PRNGKey(0))
+    papply = jax.jit(lambda s: R.apply(pm, pp, s, trajs))
+    assert not np.array_equal(papply(scene).binary_logits, papply(moved).binary_logits)
+    priv.scene_encoder = "vector"
+    with pytest.raises(ValueError, match="renamed 'privileged'"):
+        R.privileged_inputs(priv)
 
 
 def test_trajectory_features_of_steady_driving():

@@ -3,10 +3,19 @@ r"""The VLA policy: semantic reasoning + 3D reasoning -> scene tokens -> unified
     scene --cameras--> vision encoder --+--> BEV encoder (+ LiDAR) --> detection head -> object tokens
                                         |                          \--> map head -> map tokens + BEV seg
                                         +--> semantic reasoner (adaptor + LM, command) -> meta tokens
-          --lane_vectors--> lane encoder -> more map tokens
-          --agent boxes at t=0--> agent encoder -> more map tokens (``agent_vectors``, optional)
           --ego status + command--> (encoded inside the planner)
+    privileged ablations only (``config.model.privileged``, empty by default):
+          --HD-map lane_vectors--> lane encoder -> more map tokens            ("lanes")
+          --GT agent boxes at t=0--> agent encoder -> more map tokens         ("agents")
     SceneTokens --> DiffusionPlanner (x0 prediction around k-means anchors) --DDIM--> Chain
+
+Honest inputs: by default the policy reads only what a NAVSIM agent receives (``AgentInput``:
+cameras with their calibration, the LiDAR raster, the ego status history and the driving
+command; ``types.AGENT_INPUT_FIELDS``). Map, lanes, boxes, route and the logged future are
+training targets (BEV semantic map, detection, map head, meta actions) and scorer inputs.
+``config.model.privileged`` names the ground-truth inputs an ablation adds (``PRIVILEGED_INPUTS``);
+:func:`privileged_inputs` says which a config's policy reads (recorded in eval.json, shouted by
+the submission writer).
 
 ``encode`` runs once per scene; the planner runs once per denoising step on the same tokens, so
 stage 2/3 can sample many chains per scene cheaply. ``config.model.use_semantic = False`` skips
@@ -68,9 +77,28 @@ def lane_features(lane_vectors: jax.Array) -> jax.Array:
 
 AGENT_SCALE_M = 50.0     # agent box centres are divided by this (like the lane vectors)
 
+#: Ground-truth inputs a privileged ablation may add to the policy (``config.model.privileged``):
+#: "lanes" = the HD-map lane / lane-connector baselines, "agents" = the annotated boxes at t = 0.
+PRIVILEGED_INPUTS = ("lanes", "agents")
+
+
+def privileged_inputs(model_cfg) -> tuple[str, ...]:
+    """The privileged inputs ``config.model`` switches on (validated; () = AgentInput only).
+    The old switch ``agent_vectors = True`` is refused with the new spelling."""
+    if model_cfg.get("agent_vectors", False):
+        raise ValueError("config.model.agent_vectors was replaced by config.model.privileged: "
+                         "use --config.model.privileged='(\"agents\",)'")
+    names = model_cfg.get("privileged", ())
+    names = (names,) if isinstance(names, str) else tuple(names)
+    bad = [n for n in names if n not in PRIVILEGED_INPUTS]
+    if bad:
+        raise ValueError(f"config.model.privileged = {names}: unknown {bad}; expected a subset of "
+                         f"{PRIVILEGED_INPUTS}")
+    return tuple(n for n in PRIVILEGED_INPUTS if n in names)
+
 
 def agent_features(scene: types.Scene) -> tuple[jax.Array, jax.Array]:
-    """The agents' current boxes as planner tokens (``config.model.agent_vectors``).
+    """The agents' current boxes as planner tokens (privileged ablation "agents").
 
     scene (batched) -> (features [B,A,8+C], valid [B,A]): x/50, y/50, cos h, sin h, vx/10,
     vy/10, length/5, width/5 at t = 0, then the class one-hot (C = len(AGENT_CLASSES)).
@@ -114,8 +142,10 @@ class VLAPolicy(nn.Module):
             from irlvla_jax.models import semantic as semantic_lib
             self.semantic = semantic_lib.SemanticReasoner(cfg.semantic, dtype=dt)
         d = int(cfg.planner.d_model)
-        self.lane_encoder = layers.MLP(2 * d, d, dtype=dt)
-        if cfg.get("agent_vectors", False):
+        self.privileged = privileged_inputs(cfg)
+        if "lanes" in self.privileged:
+            self.lane_encoder = layers.MLP(2 * d, d, dtype=dt)
+        if "agents" in self.privileged:
             self.agent_encoder = layers.MLP(2 * d, d, dtype=dt)
         self.bev_proj = nn.Dense(d, dtype=dt)
         self.map_proj = nn.Dense(d, dtype=dt)     # map-head tokens to the lane tokens' width
@@ -139,18 +169,22 @@ class VLAPolicy(nn.Module):
 
     def tokens_from_bev(self, bev: jax.Array, scene: types.Scene, meta=None, meta_logits=None,
                         train: bool = False) -> SceneTokens:
-        """The part of :meth:`encode` after the cameras: BEV map [B,Hq,Wq,Db] + the scene's
-        vectors (lanes, ego status) + meta tokens -> :class:`SceneTokens`. Stage 3 re-observes
-        a moved ego through it (warped BEV map, shifted scene) without re-rendering cameras."""
+        """The part of :meth:`encode` after the cameras: BEV map [B,Hq,Wq,Db] + the ego status
+        (+ the privileged vectors an ablation switches on) + meta tokens -> :class:`SceneTokens`.
+        Stage 3 re-observes a moved ego through it (warped BEV map, shifted scene) without
+        re-rendering cameras."""
         b = bev.shape[0]
         obj, boxes, cls_logits = self.detection(bev, train=train)
         map_tok, seg_logits = self.map_head(bev, train=train)
 
-        lanes = self.lane_encoder(lane_features(scene.lane_vectors).astype(self.dtype))
-        map_all = jnp.concatenate([self.map_proj(map_tok), lanes.astype(self.dtype)], axis=1)
-        map_valid = jnp.concatenate([jnp.ones(map_tok.shape[:2], bool),
-                                     scene.lane_valid.astype(bool)], axis=1)
-        if self.cfg.get("agent_vectors", False):
+        map_all = self.map_proj(map_tok)
+        map_valid = jnp.ones(map_tok.shape[:2], bool)
+        if "lanes" in self.privileged:
+            # Privileged map: the HD map's lane baselines join the map token set.
+            lanes = self.lane_encoder(lane_features(scene.lane_vectors).astype(self.dtype))
+            map_all = jnp.concatenate([map_all, lanes.astype(self.dtype)], axis=1)
+            map_valid = jnp.concatenate([map_valid, scene.lane_valid.astype(bool)], axis=1)
+        if "agents" in self.privileged:
             # Privileged perception: the current frame's boxes join the map token set (which
             # carries a validity mask), so the planner sees every agent whatever the detector.
             feats, valid = agent_features(scene)

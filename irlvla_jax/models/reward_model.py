@@ -5,17 +5,21 @@
     reward = pred.reward(scene.has_previous)       # [B, K]: EPDMS formula on expected scores
 
 Scene encoder, by ``cfg.scene_encoder``:
-  * ``"vector"``: its own light encoder over the Scene's vector fields — one token per agent
-    (its 9 boxes at 0..4 s, size, class), per drivable-map polygon (vertices, type, on-route),
-    per centreline chunk, per red light (polygon, red flag per step, on-route), per lane vector,
-    plus one ego token (status, command, speed limit); then ``scene_layers`` self-attention
-    blocks over those tokens.
-  * ``"policy"``: the stage-1 policy's :class:`~irlvla_jax.models.planner.SceneTokens` (the
-    caller encodes with the frozen policy and passes them in; gradients are stopped here),
-    projected to the RWM width.
+  * ``"policy"`` (default, the paper's RWM): the scene enters through sensor features only —
+    the frozen stage-1 policy's :class:`~irlvla_jax.models.planner.SceneTokens` computed from
+    cameras and LiDAR (BEV tokens, detection/object tokens, map-head tokens, meta tokens) and
+    the ego status (the caller encodes with the frozen policy and passes them in; gradients are
+    stopped here), projected to the RWM width. In the closed loop it reads the re-observed
+    (warped) tokens, as the policy does. No logged future, no map polygons, no route.
+  * ``"privileged"`` (ablation and upper bound): its own light encoder over the Scene's
+    ground-truth vector fields — one token per agent (its *logged* boxes at 0..4 s, size,
+    class), per drivable-map polygon (vertices, type, on-route), per centreline chunk, per red
+    light (polygon, red flag per step, on-route), per lane vector, plus one ego token (status,
+    command, speed limit); then ``scene_layers`` self-attention blocks over those tokens.
+:func:`privileged_inputs` says which ground truth a config's RWM reads.
 Trajectory encoder: per waypoint (x, y, cos h, sin h, speed, yaw rate, acceleration) -> MLP +
-a learned time embedding: 8 tokens per candidate. With ``cfg.interaction`` (default on) each
-waypoint also gets a few candidate-scene relations the attention would otherwise have to learn
+a learned time embedding: 8 tokens per candidate. With ``cfg.interaction`` (a privileged ablation, off
+by default) each waypoint also gets a few candidate-scene relations the attention would otherwise have to learn
 from raw coordinates (:func:`interaction_features`): box overlap with / clearance to the agents
 at the same time (their logged boxes at t = 0.5 .. 4 s), gap and time headway to the nearest
 agent ahead in the ego's corridor (TTC, NC), whether the ego is on an active red-light lane
@@ -56,6 +60,21 @@ SPEED_SCALE = 10.0       # m/s
 ACCEL_SCALE = 5.0        # m/s^2
 CENTERLINE_CHUNK = 10    # centreline vertices per token
 PLAN_DT = 0.5
+SCENE_ENCODERS = ("policy", "privileged")
+
+
+def privileged_inputs(rwm_cfg) -> tuple[str, ...]:
+    """The ground truth ``config.rwm`` makes the RWM read: () for the default sensor RWM;
+    "scene_vectors" (logged agent futures, map polygons, route, red lights, lanes) for
+    ``scene_encoder="privileged"``, "interaction" for the hand-written geometric tests."""
+    enc = rwm_cfg.scene_encoder
+    if enc == "vector":
+        raise ValueError("config.rwm.scene_encoder = 'vector' was renamed 'privileged' (it reads "
+                         "ground truth: an ablation); the default is 'policy' (sensor features)")
+    if enc not in SCENE_ENCODERS:
+        raise ValueError(f"config.rwm.scene_encoder = {enc!r}: expected one of {SCENE_ENCODERS}")
+    out = ("scene_vectors",) if enc == "privileged" else ()
+    return out + (("interaction",) if rwm_cfg.get("interaction", False) else ())
 
 
 @flax.struct.dataclass
@@ -325,16 +344,14 @@ class RewardModel(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        if cfg.scene_encoder not in ("vector", "policy"):
-            raise ValueError(f"config.rwm.scene_encoder = {cfg.scene_encoder!r}: expected "
-                             f"'vector' or 'policy'")
+        privileged_inputs(cfg)          # validates scene_encoder
         dt = layers.as_dtype(cfg.get("dtype", "float32"))
         d, heads, mlp = int(cfg.d_model), int(cfg.num_heads), int(cfg.mlp_dim)
         if d % heads:
             raise ValueError(f"config.rwm.d_model={d} is not a multiple of num_heads={heads}")
         self.dt = dt
         names = (("agents", "polygons", "centerline", "red_lights", "lanes", "ego")
-                 if cfg.scene_encoder == "vector" else ("meta", "bev", "map", "obj", "ego"))
+                 if cfg.scene_encoder == "privileged" else ("meta", "bev", "map", "obj", "ego"))
         self.entity_names = names
         self.entity_mlps = {n: layers.MLP(2 * d, d, dtype=dt, name=f"embed_{n}") for n in names}
         self.type_embed = self.param("type_embed", nn.initializers.normal(0.02), (len(names), d))
@@ -362,7 +379,7 @@ class RewardModel(nn.Module):
                      ) -> SceneContext:
         """Batched scene [B] (+ the frozen policy's tokens when scene_encoder == 'policy')
         -> SceneContext (tokens [B,N,D], valid [B,N])."""
-        if self.cfg.scene_encoder == "vector":
+        if self.cfg.scene_encoder == "privileged":
             ents = scene_entity_features(scene)
         else:
             if policy_tokens is None:

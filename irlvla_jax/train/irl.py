@@ -276,6 +276,22 @@ def _jit_shared(fn):
     return _JITTED[fn]
 
 
+def prediction_outputs(model: rwm_lib.RewardModel, params, scene, trajs, source, tokens,
+                       labels: types.SubScores) -> dict:
+    """The RWM's predictions of candidates trajs [B,K,8,3] next to their labels, as
+    ``rwm_quality.quality_metrics`` reads them: reward, true [B,K], binary_prob [B,K,6],
+    nc_prob / ddc_prob [B,K,3], ep_pred, ec_weight [B,K], y_<sub-score> [B,K]."""
+    del source
+    pred = rwm_lib.apply(model, params, scene, trajs, tokens)
+    out = dict(reward=pred.reward(labels.ec_weight), true=labels.epdms(),
+               binary_prob=jax.nn.sigmoid(pred.binary_logits),
+               nc_prob=jax.nn.softmax(pred.nc_logits, -1),
+               ddc_prob=jax.nn.softmax(pred.ddc_logits, -1),
+               ep_pred=jax.nn.sigmoid(pred.ep_logit), ec_weight=labels.ec_weight)
+    out.update({f"y_{n}": getattr(labels, n) for n in types.SUBSCORE_NAMES})
+    return out
+
+
 def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
                    policy_fn: PolicyFn | None = None):
     """(params, frozen, scene [B], rng) -> dict of arrays: reward, true [B,K], probs of the
@@ -288,15 +304,8 @@ def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = score
     cands = make_candidates_fn(config, policy_fn)
 
     def predict(params, scene, trajs, source, tokens, labels):
-        pred = rwm_lib.apply(model, params, scene, trajs, tokens)
-        out = dict(reward=pred.reward(labels.ec_weight), true=labels.epdms(),
-                   binary_prob=jax.nn.sigmoid(pred.binary_logits),
-                   nc_prob=jax.nn.softmax(pred.nc_logits, -1),
-                   ddc_prob=jax.nn.softmax(pred.ddc_logits, -1),
-                   ep_pred=jax.nn.sigmoid(pred.ep_logit), ec_weight=labels.ec_weight,
-                   source=source, trajs=trajs)
-        out.update({f"y_{n}": getattr(labels, n) for n in types.SUBSCORE_NAMES})
-        return out
+        out = prediction_outputs(model, params, scene, trajs, source, tokens, labels)
+        return dict(out, source=source, trajs=trajs)
 
     def step(params, frozen, scene, rng):
         trajs, source, tokens = cands(frozen, scene, rng)
@@ -382,11 +391,14 @@ def train(config, workdir: str, step_fn, state: TrainState, frozen, batches: Cal
 
 def make_policy_fn(policy_model, num: int):
     """Samples of the frozen policy: ``num`` modes of one stochastic DDIM chain per scene, the
-    classifier's top ``num`` (policy_vars, scene [B], rng) -> (trajs [B,num,8,3], tokens)."""
+    classifier's top ``num`` (policy_vars, scene [B], rng) -> (trajs [B,num,8,3], tokens).
+    ``num`` 0: (None, tokens) — only the sensor tokens the default RWM reads."""
     from irlvla_jax.models import policy as policy_lib
 
     def fn(variables, scene, rng):
         tokens = policy_lib.encode(policy_model, variables, scene)
+        if num == 0:
+            return None, jax.lax.stop_gradient(tokens)
         chain = policy_lib.plan(policy_model, variables, tokens, rng, stochastic=True)
         top = jnp.argsort(-chain.mode_logits, axis=-1)[:, :num]
         trajs = jnp.take_along_axis(chain.trajs, top[..., None, None], axis=1)
@@ -414,7 +426,9 @@ def run(config, workdir: str) -> dict:
         config, workdir, "irl: stage 2 samples candidates from the IL policy")
     mesh = parallel.make_mesh(config.mesh)
     model = rwm_lib.RewardModel(config.rwm)
-    policy_fn = make_policy_fn(policy_model, icfg.num_policy) if icfg.num_policy > 0 else None
+    needs_tokens = config.rwm.scene_encoder == "policy"
+    policy_fn = (make_policy_fn(policy_model, icfg.num_policy)
+                 if icfg.num_policy > 0 or needs_tokens else None)
     from irlvla_jax.models import policy as policy_lib
     frozen = {"vocab": policy_lib.get_anchors(policy_vars), "policy": policy_vars}
     if icfg.num_vocab > frozen["vocab"].shape[0]:
@@ -423,7 +437,7 @@ def run(config, workdir: str) -> dict:
     sizes = types.SceneSizes.from_config(config.data.sizes)
     example = types.zeros_scene(sizes, (1,), jnp)
     tokens = None
-    if config.rwm.scene_encoder == "policy":
+    if needs_tokens:
         tokens = policy_lib.encode(policy_model, policy_vars, example)
     rng = jax.random.PRNGKey(config.seed)
     k_init, k_train, k_eval = jax.random.split(rng, 3)
@@ -450,10 +464,22 @@ def run(config, workdir: str) -> dict:
                                    k_eval, means,
                                    dump=os.path.join(workdir, "irl", "eval_outputs.npz"))
     result["train_label_means"] = means
+    result["privileged_inputs"] = list(rwm_lib.privileged_inputs(config.rwm))
+    steps = int(icfg.get("closed_loop_steps", 0))
+    if steps > 0:
+        from irlvla_jax.train import rwm_closed_loop
+        result["closed_loop"] = rwm_closed_loop.evaluate(
+            config, policy_model, policy_vars, {"rwm": (model, state.params)},
+            _eval_batches(config, limit), jax.random.fold_in(k_eval, 1), steps,
+            {"rwm": means})["rwm"]
     tracking.write_result(os.path.join(workdir, "irl", "eval.json"), result)
     names = [k for k in result["rwm"] if k != "num_scenes"]
     tracking.print_table(f"RWM held-out quality ({result['rwm']['num_scenes']} scenes)",
                          {n: {"rwm": result["rwm"][n], "mean_baseline":
                               result["mean_baseline"].get(n)} for n in names},
                          ["rwm", "mean_baseline"])
+    if steps > 0:
+        from irlvla_jax.train import rwm_closed_loop
+        tracking.print_table("RWM in closed loop (planning step T; T1 = the logged frame)",
+                             result["closed_loop"], rwm_closed_loop.TABLE_COLUMNS)
     return result
