@@ -2,11 +2,15 @@
 
     python benchmarks/bench_il.py                       # tiny config, this machine's devices
     python benchmarks/bench_il.py --config configs/navsim.py --steps 20 --batch 64
+    python benchmarks/bench_il.py --config configs/navsim.py --cost-only   # FLOPs, no run
 
 Batches are random well-formed scenes (tests/policy_scenes.py) of the config's sizes, so the
 numbers measure the model and the step, not the input pipeline. FLOPs come from XLA's cost
 analysis of the compiled step (per device, times the device count for the whole global batch);
 MFU divides the per-device rate by the device's peak (datasheet table below, or --peak-tflops).
+``--cost-only`` (:func:`il_step_flops`) lowers the step on abstract shapes and prints XLA's cost
+analysis of the lowered program without creating the state or compiling: a 3B model's FLOPs per
+scene on a CPU in a minute (``benchmarks/bench_data.py`` uses it for the step's demand).
 """
 
 from __future__ import annotations
@@ -51,6 +55,24 @@ def load_config(path):
     return mod.get_config()
 
 
+def il_step_flops(config, batch: int) -> float:
+    """FLOPs of one IL train step on a global batch of ``batch`` scenes at ``config``'s sizes,
+    from XLA's cost analysis of the lowered (not compiled) step on abstract inputs: no
+    parameters are allocated, so it runs on a CPU for any model size."""
+    config = config.copy_and_resolve_references()
+    config.data.batch_size = batch
+    mesh = parallel.make_mesh(config.mesh)
+    parallel.check_batch_divisible(batch, mesh)
+    model = policy_lib.VLAPolicy(config.model)
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    state = jax.eval_shape(lambda r: il.create_state(model, config, r), jax.random.PRNGKey(0))
+    lowered = il.make_train_step(model, config, mesh).lower(
+        state, types.scene_shape_struct(sizes, (batch,)), jax.random.PRNGKey(0))
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="configs/tiny.py")
@@ -58,6 +80,8 @@ def main():
     ap.add_argument("--batch", type=int, default=0, help="global batch (0: config's)")
     ap.add_argument("--no-semantic", action="store_true", help="disable the semantic LM")
     ap.add_argument("--dtype", default="", help="compute dtype override, e.g. bfloat16")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="print the step's FLOPs from the lowered program; no state, no run")
     ap.add_argument("--peak-tflops", type=float, default=0.0,
                     help="per-device peak TFLOP/s for MFU (default: from the device kind; "
                          "required on CPU)")
@@ -69,6 +93,12 @@ def main():
         config.model.use_semantic = False
     if args.dtype:
         config.model.dtype = args.dtype
+    if args.cost_only:
+        b = config.data.batch_size
+        flops = il_step_flops(config, b)
+        print(f"config={config.name} batch={b} dtype={config.model.dtype} (lowered, not compiled)")
+        print(f"model FLOPs per step {flops / 1e9:.2f} GFLOP ({flops / b / 1e9:.3f} GFLOP/sample)")
+        return
     mesh = parallel.make_mesh(config.mesh)
     parallel.check_batch_divisible(config.data.batch_size, mesh)
     sizes = types.SceneSizes.from_config(config.data.sizes)

@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     d.prefetch = 2
     d.skip_bad = False         # skip (and count in a report) bad inputs instead of failing
     d.random_scenes = 16       # scenes per split when source == "random" (pipeline smoke tests)
+    # Cameras in the TFDS dataset: JPEG of this quality at sizes.image_hw (mean abs error < 3
+    # levels at 90), decoded in the loader's grain workers; 0 = raw uint8 (exact; ~7x the
+    # bytes with photographs as cameras at NAVSIM size: benchmarks/bench_data.py)
+    d.camera_jpeg_quality = 90
     d.sizes = ml_collections.ConfigDict(dict(
         num_future=10,
         cameras=("CAM_F0", "CAM_L0", "CAM_R0", "CAM_B0"),

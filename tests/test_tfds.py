@@ -1,5 +1,6 @@
-"""The TFDS builder and the data stage: build without TensorFlow, read every field back exactly,
-reuse a finished build, rebuild when the sizes change."""
+"""The TFDS builder and the data stage: build without TensorFlow, read every field back exactly
+(the cameras within JPEG tolerance), reuse a finished build, rebuild when the sizes change,
+refuse a build of another record layout, name the scene of a corrupt stored JPEG."""
 
 import importlib.util
 import json
@@ -13,7 +14,9 @@ from data.navsim_tfds import random_scene
 from irlvla_jax import types
 from irlvla_jax.data import dataset_id, loader, prepare
 
-TINY_SIZES = dict(num_future=10, cameras=("CAM_F0", "CAM_B0"), image_hw=(8, 16),
+# JPEG tolerance of the stored cameras (quality 90, 4:2:0): mean abs error per picture, levels.
+JPEG_MAE = 3.0
+TINY_SIZES = dict(num_future=10, cameras=("CAM_F0", "CAM_B0"), image_hw=(16, 32),
                   lidar_bev_hw=(8, 8), bev_hw=(8, 8), max_agents=4, max_polygons=6,
                   max_polygon_vertices=5, max_centerline=12, max_red_lights=2, max_lanes=3,
                   lane_points=4)
@@ -61,6 +64,10 @@ def test_every_feature_reads_back_exactly(built):
         for name, (shape, dtype) in types.scene_spec(sizes).items():
             got = getattr(scenes, name)[row]
             assert got.shape == shape and got.dtype == dtype, name
+            if name == "cameras":       # stored as JPEG: within its tolerance, per picture
+                err = np.abs(got.astype(int) - want[name]).mean(axis=(1, 2, 3))
+                assert (err < JPEG_MAE).all(), err
+                continue
             np.testing.assert_array_equal(got, want[name], err_msg=name)
         assert meta.log_name == want_meta.log_name
         assert meta.map_location == want_meta.map_location
@@ -74,7 +81,12 @@ def test_stored_features_match_the_scene_contract(built):
     config, _ = built
     info = tfds.builder_from_directory(str(dataset_id.dataset_path(config))).info
     sizes = types.SceneSizes.from_config(config.data.sizes)
+    assert info.version == dataset_id.DATASET_VERSION
     for name, (shape, dtype) in types.scene_spec(sizes).items():
+        if name == "cameras":           # one JPEG (bytes) per camera
+            assert "cameras" not in info.features
+            assert tuple(info.features[dataset_id.CAMERAS_JPEG].shape) == shape[:1]
+            continue
         assert tuple(info.features[name].shape) == shape, name
         assert np.dtype(info.features[name].np_dtype) == dtype, name
 
@@ -93,6 +105,67 @@ def test_second_prepare_reuses_and_new_sizes_rebuild(built):
     assert rebuilt["splits"][changed.data.train_split]["scenes"] == 9
     scenes, _ = loader.load_split_numpy(changed, changed.data.train_split, limit=3)
     assert scenes.agent_states.shape == (3, 5, types.NUM_AGENT_STEPS, 5)
+
+
+def test_cameras_at_model_resolution_decode_within_jpeg_tolerance(tmp_path):
+    """At a quarter of the NAVSIM camera size, and a photograph at the full 256x704: every
+    stored picture decodes to uint8 [C, H, W, 3] within JPEG_MAE of the original; quality 0
+    stores raw uint8 and reads back exactly."""
+    from PIL import Image
+    import matplotlib
+    from irlvla_jax.data import sensor_io
+    config = small_config(tmp_path / "q90", n=3)
+    config.data.sizes.image_hw = (64, 176)
+    raw = small_config(tmp_path / "raw", n=3)
+    raw.data.sizes.image_hw = (64, 176)
+    raw.data.camera_jpeg_quality = 0
+    assert dataset_id.tfds_config_name(raw) != dataset_id.tfds_config_name(config)
+    sizes = types.SceneSizes.from_config(config.data.sizes)
+    split = config.data.train_split
+    for c in (config, raw):
+        prepare.prepare_data(c)
+        scenes, metas = loader.load_split_numpy(c, split)
+        assert scenes.cameras.shape == (3, 2, 64, 176, 3) and scenes.cameras.dtype == np.uint8
+        for row, meta in enumerate(metas):
+            want = random_scene(sizes, split, int(meta.token, 16))[0]["cameras"]
+            err = np.abs(scenes.cameras[row].astype(int) - want).mean(axis=(1, 2, 3))
+            assert (err < JPEG_MAE).all() if c is config else (err == 0).all(), err
+    photo = Image.open(f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg")
+    pic = np.asarray(photo.convert("RGB").resize((704, 256), Image.BILINEAR))
+    back = sensor_io.decode_jpeg(sensor_io.encode_jpeg(pic, 90), (256, 704))
+    assert np.abs(back.astype(int) - pic).mean() < JPEG_MAE
+
+
+def test_a_corrupt_stored_jpeg_names_its_scene(built):
+    config, _ = built
+    split = config.data.train_split
+    source = loader.open_source(config, split)
+    spec = types.scene_spec(types.SceneSizes.from_config(config.data.sizes))
+    example = dict(source[5])
+    ok, _ = loader.decode_example(5, example, spec=spec, split=split)
+    jpegs = list(example[dataset_id.CAMERAS_JPEG])
+    for bad in (jpegs[1][:len(jpegs[1]) // 2], b"not a jpeg"):
+        example[dataset_id.CAMERAS_JPEG] = np.array([jpegs[0], bad], dtype=object)
+        with pytest.raises(ValueError, match=rf"{split} example 5 \(scene token "
+                           rf"'{example['token'].decode()}'.*camera 1 .*corrupt.*launch.py data"):
+            loader.decode_example(5, example, spec=spec, split=split)
+    # Decoding is deterministic: the same bytes give the same pixels.
+    example[dataset_id.CAMERAS_JPEG] = np.array(jpegs, dtype=object)
+    again, _ = loader.decode_example(5, example, spec=spec, split=split)
+    np.testing.assert_array_equal(again["cameras"], ok["cameras"])
+
+
+def test_a_build_of_another_record_layout_is_refused(built, tmp_path):
+    """A dataset folder holding only another version (e.g. 1.0.0: raw cameras) is never read."""
+    import shutil
+    config, _ = built
+    old = small_config(tmp_path)
+    shutil.copytree(dataset_id.dataset_path(config).parent,
+                    tmp_path / "tfds" / dataset_id.BUILDER_NAME / dataset_id.tfds_config_name(old))
+    base = tmp_path / "tfds" / dataset_id.BUILDER_NAME / dataset_id.tfds_config_name(old)
+    (base / dataset_id.DATASET_VERSION).rename(base / "1.0.0")
+    with pytest.raises(FileNotFoundError, match=r"version\(s\) \['1.0.0'\].*launch.py data"):
+        loader.load_split_numpy(old, old.data.train_split)
 
 
 def test_unbuilt_config_and_unknown_split_say_what_to_do(built, tmp_path):

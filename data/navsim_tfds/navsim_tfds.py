@@ -1,8 +1,12 @@
 """TFDS builder: NAVSIM scenes (the :class:`irlvla_jax.types.Scene` contract) as ArrayRecord.
 
 One example = one scene: every ``types.scene_spec(sizes)`` field as a fixed-shape ``Tensor``
-feature (exact shape and dtype) plus the host metadata strings of :class:`types.SceneMeta`.
-No TensorFlow is needed to build or read it (see ``irlvla_jax/data/prepare.py``).
+feature (exact shape and dtype) plus the host metadata strings of :class:`types.SceneMeta`,
+except the cameras: with ``jpeg_quality`` > 0 (the default, 90) they are stored as
+``cameras_jpeg``, a [C] tensor of JPEG bytes at the model's resolution (Pillow-encoded here,
+decoded by the loader in its grain workers: ``loader.decode_example``); with 0 as the raw uint8
+``cameras`` tensor. No TensorFlow is needed to build or read it (see
+``irlvla_jax/data/prepare.py``).
 
 The sizes come from the run config, so the config is a :class:`NavsimConfig` made from it
 (``NavsimConfig.from_run_config(config)``); its name hashes everything that changes the examples
@@ -25,17 +29,24 @@ from etils import epath
 from irlvla_jax import types
 from irlvla_jax.data import dataset_id
 from irlvla_jax.data.errors import SkipReport
+from irlvla_jax.data.sensor_io import encode_jpeg
 
 # Large fields are mostly padding (masks, rasters, empty polygon slots): zlib shrinks them a lot
 # and decodes at memory speed. Small ones are stored raw (zlib framing would cost more).
 _ZLIB_MIN_ELEMENTS = 256
 META_TEXT = ("token", "log_name", "map_location", "previous_token")
+CAMERAS_JPEG = dataset_id.CAMERAS_JPEG    # [C] JPEG bytes, when jpeg_quality > 0
 
 
-def features(sizes: types.SceneSizes) -> tfds.features.FeaturesDict:
-    """The FeaturesDict of one example: Scene fields (``scene_spec``) + metadata strings."""
+def features(sizes: types.SceneSizes, jpeg_quality: int = dataset_id.DEFAULT_JPEG_QUALITY
+             ) -> tfds.features.FeaturesDict:
+    """The FeaturesDict of one example: Scene fields (``scene_spec``) + metadata strings; the
+    cameras as ``cameras_jpeg`` [C] JPEG bytes when ``jpeg_quality`` > 0."""
     feats: dict[str, Any] = {}
     for name, (shape, dtype) in types.scene_spec(sizes).items():
+        if name == "cameras" and jpeg_quality > 0:
+            feats[CAMERAS_JPEG] = tfds.features.Tensor(shape=shape[:1], dtype=np.object_)
+            continue
         big = int(np.prod(shape, dtype=np.int64)) >= _ZLIB_MIN_ELEMENTS
         feats[name] = tfds.features.Tensor(
             shape=shape, dtype=dtype,
@@ -57,6 +68,7 @@ class NavsimConfig(tfds.core.BuilderConfig):
     splits: tuple[str, ...] = ()
     skip_bad: bool = False
     random_scenes: int = 16
+    jpeg_quality: int = dataset_id.DEFAULT_JPEG_QUALITY
 
     @classmethod
     def from_run_config(cls, config) -> "NavsimConfig":
@@ -72,14 +84,16 @@ class NavsimConfig(tfds.core.BuilderConfig):
             splits=dataset_id.splits(config),
             skip_bad=bool(config.data.skip_bad),
             random_scenes=int(config.data.random_scenes),
+            jpeg_quality=dataset_id.camera_jpeg_quality(config),
         )
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """NAVSIM scenes; configs are made from run configs (``NavsimConfig.from_run_config``)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Scene contract of irlvla_jax/types.py, ArrayRecord, no TF."}
+    VERSION = tfds.core.Version(dataset_id.DATASET_VERSION)
+    RELEASE_NOTES = {"1.0.0": "Scene contract of irlvla_jax/types.py, ArrayRecord, no TF.",
+                     "2.0.0": "Cameras as JPEG bytes at the model's resolution (cameras_jpeg)."}
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -97,7 +111,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="NAVSIM v2 scenes for IRL-VLA (irlvla_jax.types.Scene), fixed shapes.",
-            features=features(self.builder_config.sizes),
+            features=features(self.builder_config.sizes, self.builder_config.jpeg_quality),
             homepage="https://github.com/autonomousvision/navsim",
         )
 
@@ -114,18 +128,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if cfg.source == "random":
             for i in range(cfg.random_scenes):
                 scene, meta = random_scene(cfg.sizes, split, i)
-                yield meta.token, _example(scene, meta)
+                yield meta.token, _example(scene, meta, cfg.jpeg_quality)
             return
         from irlvla_jax.data.navsim_reader import SceneReader   # heavy; only for real builds
         reader = SceneReader(cfg.navsim_root, cfg.maps_root, cfg.sizes, cfg.skip_bad)
         for scene, meta in reader.iter_split(split):
             types.check_scene(scene, cfg.sizes, where=f"{split} scene {meta.token}", batch=())
-            yield meta.token, _example(scene, meta)
+            yield meta.token, _example(scene, meta, cfg.jpeg_quality)
         self.skip_report.merge(reader.skip_report)
 
 
-def _example(scene: dict[str, np.ndarray], meta: types.SceneMeta) -> dict[str, Any]:
+def _example(scene: dict[str, np.ndarray], meta: types.SceneMeta, jpeg_quality: int
+             ) -> dict[str, Any]:
     ex = {k: np.asarray(scene[k]) for k in scene}
+    if jpeg_quality > 0:
+        cams = ex.pop("cameras")
+        ex[CAMERAS_JPEG] = np.array([encode_jpeg(c, jpeg_quality) for c in cams], dtype=object)
     ex.update(token=meta.token, log_name=meta.log_name, map_location=meta.map_location,
               previous_token=meta.previous_token or "", track_tokens=list(meta.track_tokens))
     return ex
@@ -135,7 +153,9 @@ def _example(scene: dict[str, np.ndarray], meta: types.SceneMeta) -> dict[str, A
 def random_scene(sizes: types.SceneSizes, split: str, index: int
                  ) -> tuple[dict[str, np.ndarray], types.SceneMeta]:
     """A random-content scene with every ``scene_spec`` shape/dtype, deterministic in
-    (split, index). Not geometrically meaningful: it exercises storage and loading only.
+    (split, index). Not geometrically meaningful: it exercises storage and loading only. The
+    cameras are smooth pictures (gradients and flat boxes, :func:`_random_pictures`), so that
+    their JPEG round trip is within the tolerance of camera images, not of white noise.
 
     Returns (dict of numpy arrays matching ``scene_spec(sizes)``, its SceneMeta).
     """
@@ -147,6 +167,8 @@ def random_scene(sizes: types.SceneSizes, split: str, index: int
     for name, (shape, dtype) in types.scene_spec(sizes).items():
         if dtype == np.bool_:
             v = rng.random(shape) < 0.5
+        elif name == "cameras":
+            v = _random_pictures(rng, shape)
         elif dtype == np.uint8:
             v = rng.integers(0, 256, shape, dtype=np.uint8)
         elif dtype == np.int32:
@@ -161,3 +183,20 @@ def random_scene(sizes: types.SceneSizes, split: str, index: int
         track_tokens=[f"track{index}_{j}" for j in range(n_tracks)], split=split,
         scene_index=index)
     return scene, meta
+
+
+def _random_pictures(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 [..., H, W, 3]: per picture a colour gradient, two boxes a brightness step off
+    it, and mild noise (sigma 1 level): smooth like camera images, not like white noise."""
+    *lead, h, w, _ = shape
+    n = int(np.prod(lead, dtype=np.int64))
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    out = np.empty((n, h, w, 3), np.float32)
+    for i in range(n):
+        a, gx, gy = rng.uniform(60, 190, 3), rng.uniform(-50, 50, 3), rng.uniform(-50, 50, 3)
+        img = a + gx * xx[..., None] + gy * yy[..., None]
+        for _ in range(2):
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            img[y0:y0 + max(1, h // 3), x0:x0 + max(1, w // 3)] += rng.uniform(-60, 60)
+        out[i] = img + rng.normal(0.0, 1.0, img.shape)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(shape)

@@ -9,10 +9,12 @@ loader, so that none of them imports another for it. Layout under ``config.data.
     tfds/navsim_tfds/<name>/<version>/   the built dataset (+ skip_report.json)
 
 ``<name>`` is ``<source>_<hash>`` where the hash covers everything that changes the examples
-(the Scene contract's fields, the sizes, the splits, the source and its settings, ``skip_bad``
-when it is set), so a config change builds a new dataset next to the old one instead of silently
-reusing a stale one. TFDS itself treats a finished ``<name>/<version>`` folder as the "already
-built" marker.
+(the Scene contract's fields, the sizes, the splits, the source and its settings, how cameras
+are stored, ``skip_bad`` when it is set), so a config change builds a new dataset next to the
+old one instead of silently reusing a stale one. ``<version>`` is :data:`DATASET_VERSION`, the
+builder's record layout: a folder holding only another version was written by other code and is
+refused with the command to rebuild. TFDS itself treats a finished ``<name>/<version>`` folder
+as the "already built" marker.
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ from irlvla_jax import types
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILDER_NAME = "navsim_tfds"       # TFDS names the builder after its package folder
 SOURCES = ("synthetic", "navsim", "random")
+#: The builder's record layout (``data/navsim_tfds`` VERSION). 1.0.0: cameras as raw uint8
+#: tensors; 2.0.0: cameras as one JPEG per camera (``camera_jpeg_quality``; 0 keeps raw uint8).
+DATASET_VERSION = "2.0.0"
+DEFAULT_JPEG_QUALITY = 90
+#: The stored feature holding the cameras as JPEG bytes, one per camera (quality > 0).
+CAMERAS_JPEG = "cameras_jpeg"
+
+
+def camera_jpeg_quality(config) -> int:
+    """``config.data.camera_jpeg_quality``: 1..100 stores each camera as a JPEG of that quality
+    (decoded by the loader); 0 stores raw uint8 (exact, ~10x larger)."""
+    q = int(config.data.get("camera_jpeg_quality", DEFAULT_JPEG_QUALITY))
+    if not 0 <= q <= 100:
+        raise ValueError(f"config.data.camera_jpeg_quality is {q}; expected 0 (raw uint8) or a "
+                         f"JPEG quality 1..100")
+    return q
 
 
 def data_dir(config) -> Path:
@@ -93,6 +111,7 @@ def build_fingerprint(config) -> dict[str, Any]:
         "sizes": jsonable(config.data.sizes),
         "source": src,
         "splits": list(splits(config)),
+        "camera_jpeg_quality": camera_jpeg_quality(config),
     }
     if src == "synthetic":
         fp["synthetic"] = jsonable(config.data.synthetic)
@@ -119,10 +138,16 @@ def dataset_path(config) -> Path:
     Raises ``FileNotFoundError`` with the command to run when it has not been built.
     """
     base = data_dir(config) / "tfds" / BUILDER_NAME / tfds_config_name(config)
-    built = sorted(p.parent for p in base.glob("*/dataset_info.json")
+    path = base / DATASET_VERSION
+    if (path / "dataset_info.json").is_file():
+        return path
+    other = sorted(p.parent.name for p in base.glob("*/dataset_info.json")
                    if not p.parent.name.startswith("incomplete"))
-    if not built:
+    if other:
         raise FileNotFoundError(
-            f"no built dataset at {base} for this config (source={config.data.source!r}, "
-            f"splits={list(splits(config))}); run `python launch.py data` with the same config")
-    return built[-1]
+            f"the dataset at {base} was built as version(s) {other}, with another record layout "
+            f"than this code reads ({DATASET_VERSION}); rebuild it with `python launch.py data` "
+            f"and the same config")
+    raise FileNotFoundError(
+        f"no built dataset at {base} for this config (source={config.data.source!r}, "
+        f"splits={list(splits(config))}); run `python launch.py data` with the same config")

@@ -10,6 +10,13 @@ The order is a pure function of (seed, split, process shard): grain's ``MapDatas
 access, so resuming at step ``n`` is slicing the batched dataset at ``n`` (no replay), and worker
 processes (``config.data.num_workers``) do not change the order. Each epoch is reshuffled.
 Each process reads only the rows of the global batch that its devices hold.
+
+Cameras are stored as JPEG (``dataset_id.CAMERAS_JPEG``) and decoded by :func:`decode_example`,
+which runs in the grain worker processes: every reader (the loader, :func:`load_split_numpy`)
+gets uint8 [C, H, W, 3] as ``types.scene_spec`` documents. Host memory is bounded: with
+``num_workers`` > 0 each worker builds one batch at a time and holds at most one finished batch
+(``num_workers x 2`` decoded batches in all, plus the one the device loader holds); with 0
+workers ``prefetch`` batches are decoded ahead in threads.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from irlvla_jax import parallel, types
-from irlvla_jax.data import dataset_id
+from irlvla_jax.data import dataset_id, sensor_io
 
 
 def open_source(config, split: str):
@@ -44,16 +51,39 @@ def _text(x: Any) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
+def _decode_cameras(index: int, example: dict[str, Any], shape, split: str) -> np.ndarray:
+    """The stored JPEGs ([C] bytes) -> uint8 [C, H, W, 3]; a corrupt one names its scene."""
+    blobs = example[dataset_id.CAMERAS_JPEG]
+    if len(blobs) != shape[0]:
+        raise ValueError(f"{split} example {index}: {len(blobs)} stored camera images, expected "
+                         f"{shape[0]}; rebuild with `python launch.py data`")
+    out = np.empty(shape, np.uint8)
+    for c, blob in enumerate(blobs):
+        try:
+            out[c] = sensor_io.decode_jpeg(blob, shape[1:3])
+        except ValueError as e:
+            raise ValueError(
+                f"{split} example {index} (scene token {_text(example.get('token', '?'))!r}, log "
+                f"{_text(example.get('log_name', '?'))!r}): camera {c} of the stored dataset is "
+                f"corrupt: {e}. Rebuild the dataset with `python launch.py data`") from None
+    return out
+
+
 def decode_example(index: int, example: dict[str, Any], *, spec, split: str
                    ) -> tuple[dict[str, np.ndarray], types.SceneMeta]:
     """One stored example -> (dict of numpy arrays exactly as ``spec``, SceneMeta).
 
     TFDS's numpy reader returns scalars as Python numbers; they are cast back to the documented
-    dtype here. A shape that disagrees with ``spec`` means the dataset was built for another
-    Scene contract: that is an error, not something to reshape.
+    dtype here. Cameras stored as JPEG are decoded (uint8 [C, H, W, 3]; a JPEG that does not
+    decode raises ValueError naming the scene). A shape that disagrees with ``spec`` means the
+    dataset was built for another Scene contract: that is an error, not something to reshape.
+    ``spec`` may be a subset of ``types.scene_spec`` (only those fields are decoded).
     """
     arrays = {}
     for name, (shape, dtype) in spec.items():
+        if name == "cameras" and dataset_id.CAMERAS_JPEG in example:
+            arrays[name] = _decode_cameras(index, example, shape, split)
+            continue
         if name not in example:
             raise ValueError(f"{split} example {index}: stored dataset lacks field {name!r}; "
                              f"rebuild it with `python launch.py data`")
@@ -170,6 +200,30 @@ def make_dataset(config, split: str, *, seed: int, shuffle: bool, num_epochs: in
     return ds.batch(b, drop_remainder=True, batch_fn=collate)
 
 
+def host_batches(config, split: str, *, seed: int, shuffle: bool, num_epochs: int | None = None,
+                 start_step: int = 0, shard_index: int = 0, num_shards: int = 1,
+                 local_batch: int | None = None, num_workers: int | None = None):
+    """The grain iterator of host batches ``(arrays dict [b, ...] numpy, list of b SceneMeta)``
+    from batch ``start_step`` on: reading, JPEG decoding and collation run in
+    ``num_workers`` (default ``config.data.num_workers``) worker processes, or in the calling
+    process's ``config.data.prefetch`` threads when 0."""
+    ds = make_dataset(config, split, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                      shard_index=shard_index, num_shards=num_shards, local_batch=local_batch)
+    ds = ds[start_step:]
+    workers = config.data.num_workers if num_workers is None else int(num_workers)
+    if workers <= 0:
+        n = max(1, config.data.prefetch)
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=n, prefetch_buffer_size=n))
+    # One batch at a time in each worker (no threads, no read-ahead inside it): a worker is one
+    # core, and holds one batch in progress plus one finished (per_worker_buffer_size).
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    # grain's workers read absl flags; outside an absl app nobody parsed them (defaults).
+    if not absl_flags.FLAGS.is_parsed():
+        absl_flags.FLAGS.mark_as_parsed()
+    return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                       per_worker_buffer_size=1))
+
+
 def make_loader(config, split: str, mesh: jax.sharding.Mesh, *, seed: int, shuffle: bool,
                 num_epochs: int | None = None, start_step: int = 0) -> SceneLoader:
     """Scene batches of ``config.data.batch_size`` (global) sharded on the mesh's 'data' axis.
@@ -182,16 +236,9 @@ def make_loader(config, split: str, mesh: jax.sharding.Mesh, *, seed: int, shuff
     parallel.check_batch_divisible(global_batch, mesh)
     lo, hi = _process_rows(mesh, global_batch)
     local = hi - lo
-    ds = make_dataset(config, split, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                      shard_index=lo // local, num_shards=global_batch // local, local_batch=local)
-    ds = ds[start_step:]
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, config.data.prefetch),
-                                              prefetch_buffer_size=max(1, config.data.prefetch)))
-    if config.data.num_workers > 0:
-        # grain's workers read absl flags; outside an absl app nobody parsed them (defaults).
-        if not absl_flags.FLAGS.is_parsed():
-            absl_flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    it = host_batches(config, split, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                      start_step=start_step, shard_index=lo // local,
+                      num_shards=global_batch // local, local_batch=local)
     return SceneLoader(it, mesh, start_step)
 
 
@@ -201,11 +248,32 @@ def load_split_numpy(config, split: str, limit: int | None = None
 
     Returns (Scene of numpy arrays with a leading [N] axis, N SceneMeta).
     """
+    arrays, metas = load_split_fields(config, split, limit=limit)
+    return types.Scene.from_dict(arrays), metas
+
+
+def load_split_fields(config, split: str, fields: Sequence[str] | None = None,
+                      limit: int | None = None
+                      ) -> tuple[dict[str, np.ndarray], list[types.SceneMeta]]:
+    """Only ``fields`` (all when None) of the first ``limit`` scenes, in stored order: (dict of
+    numpy arrays with a leading [N] axis, N SceneMeta). Without "cameras" no JPEG is decoded
+    and the host holds a few bytes per scene (e.g. the expert futures for the anchors)."""
     source = open_source(config, split)
     spec = types.scene_spec(types.SceneSizes.from_config(config.data.sizes))
+    if fields is not None:
+        unknown = sorted(set(fields) - set(spec))
+        if unknown:
+            raise ValueError(f"unknown Scene field(s) {unknown}; see types.scene_spec")
+        spec = {k: spec[k] for k in fields}
     n = len(source) if limit is None else min(int(limit), len(source))
     if n == 0:
         raise ValueError(f"split {split!r} has no scenes to load (limit={limit})")
-    items = [decode_example(i, source[i], spec=spec, split=split) for i in range(n)]
-    arrays, metas = collate(items)
-    return types.Scene.from_dict(arrays), metas
+    # Filled in place: the peak is the result, not the result plus a list of its rows.
+    arrays = {k: np.empty((n, *shape), dtype) for k, (shape, dtype) in spec.items()}
+    metas = []
+    for i in range(n):
+        row, meta = decode_example(i, source[i], spec=spec, split=split)
+        for k in arrays:
+            arrays[k][i] = row[k]
+        metas.append(meta)
+    return arrays, metas

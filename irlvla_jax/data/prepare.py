@@ -11,7 +11,9 @@ Which TFDS path works without TensorFlow (TFDS 4.9.10, tensorflow absent): a pla
 ``GeneratorBasedBuilder(file_format='array_record').download_and_prepare()`` writes the shards
 and ``dataset_info.json`` (``Tensor`` features, including ``Encoding.ZLIB``, and ``Text``
 features encode with numpy); ``tfds.builder_from_directory(...).as_data_source(split)`` reads
-them back. ``tfds.features.Image`` would need TF to encode, so cameras are stored as tensors.
+them back. ``tfds.features.Image`` would need TF to encode an array, so the builder encodes
+each camera with Pillow (JPEG, ``config.data.camera_jpeg_quality``) into a [C] tensor of bytes
+(``cameras_jpeg``), which the loader decodes in its grain workers.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """The NAVSIM sensor-blob file formats: JPEG camera images and binary PCD v0.7 point clouds.
 
 Written by the synthetic world (``irlvla_jax.data.synthetic``) and read by the NAVSIM reader
-(``navsim_reader.py``), with the layout nuPlan/NAVSIM's ``LidarPointCloud`` uses.
+(``navsim_reader.py``), with the layout nuPlan/NAVSIM's ``LidarPointCloud`` uses. Also the
+in-memory JPEG codec of the TFDS dataset's cameras (:func:`encode_jpeg`, :func:`decode_jpeg`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -22,6 +24,35 @@ def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 90) ->
                          f"{image.shape}")
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     Image.fromarray(image).save(path, format="JPEG", quality=quality)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """uint8 [H,W,3] RGB -> JPEG bytes (Pillow/libjpeg, baseline, 4:2:0 chroma, ``quality``)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"encode_jpeg: expected uint8 [H,W,3], got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes, hw: tuple[int, int]) -> np.ndarray:
+    """JPEG bytes -> uint8 [H,W,3] RGB; deterministic for one Pillow/libjpeg build.
+
+    Raises ValueError when the bytes do not decode (truncated or corrupt) or the image is not
+    ``hw`` (height, width).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG":
+                raise ValueError(f"not a JPEG ({im.format})")
+            im.load()                       # a truncated stream raises here
+            arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot decode JPEG of {len(data)} bytes: {e}") from None
+    if arr.shape != (*hw, 3):
+        raise ValueError(f"JPEG is {arr.shape[1]}x{arr.shape[0]}, expected {hw[1]}x{hw[0]}")
+    return arr
 
 
 def write_pcd(path: str | os.PathLike, points: np.ndarray) -> None:
