@@ -183,6 +183,9 @@ def get_config() -> ml_collections.ConfigDict:
         # param paths IL leaves at their initial (pretrained) values, e.g. ("vision",) for the
         # backbone, ("semantic/llm",) for the LM: no updates, no optimizer moments
         freeze=(),
+        # the k-means anchors come from at most this many training scenes, a sample seeded by
+        # config.seed (all of them, in stored order, when the split is smaller: 1,296 here)
+        anchor_scenes=20000,
     ))
     # --- rwm + irl: stage 2, the reward world model (irlvla_jax/models/reward_model.py,
     #     irlvla_jax/train/irl.py, irlvla_jax/train/candidates.py) --------------------------

@@ -2,8 +2,9 @@
 
 The diffusion planner starts every denoising chain from M anchors with a little noise, so the
 anchors must cover the expert's behaviour: they are the k-means centres of the expert's 8-pose
-futures (x, y, heading in the ego frame). Computed once from the training split, written next to
-the dataset (``anchors.npy``) and stored with each checkpoint so a policy always plans from the
+futures (x, y, heading in the ego frame). Computed once from a seeded sample of at most
+``config.il.anchor_scenes`` training scenes (:func:`sample_expert_futures`), written next to the
+dataset (``anchors.npy``) and stored with each checkpoint so a policy always plans from the
 anchors it was trained with.
 
     python -m irlvla_jax.models.anchors --config configs/tiny.py      # writes <data.dir>/anchors.npy
@@ -62,6 +63,36 @@ def compute_anchors(expert_futures: np.ndarray, num_anchors: int, seed: int = 0,
     return anchors[order].astype(np.float32)
 
 
+def sample_expert_futures(config, split: str, max_scenes: int | None, seed: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The expert futures of at most ``max_scenes`` scenes of ``split``, drawn without
+    replacement by a generator seeded with ``seed`` (all scenes, in stored order, when the split
+    has no more than ``max_scenes``; None = all). Only the two fields are decoded per scene (no
+    camera is decoded), so the host holds O(max_scenes) small arrays whatever the split's size.
+
+    Returns (scene indices [N] sorted, expert_future [N, F, 3] f32, expert_future_valid [N, F]).
+    """
+    from irlvla_jax.data import loader
+    source = loader.open_source(config, split)
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"split {split!r} has no scenes to compute anchors from")
+    if max_scenes is None or int(max_scenes) >= n:
+        idx = np.arange(n)
+    else:
+        if int(max_scenes) < 1:
+            raise ValueError(f"config.il.anchor_scenes = {max_scenes}: must be >= 1")
+        idx = np.sort(np.random.default_rng(seed).choice(n, int(max_scenes), replace=False))
+    full = types.scene_spec(types.SceneSizes.from_config(config.data.sizes))
+    spec = {k: full[k] for k in ("expert_future", "expert_future_valid")}
+    fut = np.empty((len(idx), *spec["expert_future"][0]), spec["expert_future"][1])
+    valid = np.empty((len(idx), *spec["expert_future_valid"][0]), spec["expert_future_valid"][1])
+    for row, i in enumerate(idx):
+        arrays, _ = loader.decode_example(int(i), source[int(i)], spec=spec, split=split)
+        fut[row], valid[row] = arrays["expert_future"], arrays["expert_future_valid"]
+    return idx, fut, valid
+
+
 def save_anchors(path: str, anchors: np.ndarray) -> None:
     """Write [M, 8, 3] anchors to ``path`` (.npy)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -111,17 +142,19 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/tiny.py")
-    parser.add_argument("--limit", type=int, default=100_000)
+    parser.add_argument("--limit", type=int, default=0,
+                        help="scenes sampled (0: config.il.anchor_scenes)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     spec = importlib.util.spec_from_file_location("cfg", args.config)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config()
-    from irlvla_jax.data import loader
-
-    scenes, _ = loader.load_split_numpy(config, config.data.train_split, args.limit)
-    fut = np.asarray(scenes.expert_future)[:, : types.PLAN_LEN]
+    _, fut, valid = sample_expert_futures(config, config.data.train_split,
+                                          args.limit or config.il.get("anchor_scenes", None),
+                                          config.seed)
+    ok = valid[:, :types.PLAN_LEN].all(-1)
+    fut = fut[ok, :types.PLAN_LEN]
     anchors = compute_anchors(fut, config.model.planner.num_anchors, config.seed)
     out = args.out or anchor_path(config)
     save_anchors(out, anchors)

@@ -192,20 +192,23 @@ def evaluate_open_loop(eval_step: Callable, state: TrainState, batches: Iterable
 # Setup helpers shared with the later stages.
 
 def load_or_compute_anchors(config) -> np.ndarray:
-    """[M,8,3] anchors from ``<data dir>/anchors.npy``, computed from the train split (and
-    written there) when the file does not exist yet."""
+    """[M,8,3] anchors from ``<data dir>/anchors.npy``, computed from at most
+    ``config.il.anchor_scenes`` train scenes (and written there) when the file does not exist
+    yet."""
     path = anchors_lib.anchor_path(config)
     m = config.model.planner.num_anchors
     if os.path.exists(path):
         return anchors_lib.load_anchors(path, m)
-    from irlvla_jax.data import loader
-    scenes, _ = loader.load_split_numpy(config, config.data.train_split,
-                                        config.il.get("anchor_scenes", None))
-    fut = np.asarray(scenes.expert_future)[:, :types.PLAN_LEN]
-    ok = np.asarray(scenes.expert_future_valid)[:, :types.PLAN_LEN].all(-1)
+    # at most config.il.anchor_scenes scenes (a sample seeded by config.seed), only their
+    # futures decoded (no cameras): a few bytes per scene on the host
+    _, fut, valid = anchors_lib.sample_expert_futures(
+        config, config.data.train_split, config.il.get("anchor_scenes", None), config.seed)
+    fut = fut[:, :types.PLAN_LEN]
+    ok = valid[:, :types.PLAN_LEN].all(-1)
     a = anchors_lib.compute_anchors(fut[ok], m, config.seed)
     anchors_lib.save_anchors(path, a)
-    log.info("wrote %d anchors from %d expert futures to %s", m, int(ok.sum()), path)
+    log.info("wrote %d anchors from %d expert futures (%d sampled scenes) to %s", m,
+             int(ok.sum()), len(ok), path)
     return a
 
 
