@@ -52,9 +52,14 @@ def get_config():
     m.dtype = "bfloat16"
     m.vision.update(dict(kind="resnet", stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512),
                          stem_width=64, norm="frozen_bn", out_dim=256,   # ResNet-34, stride 32
+                         remat="nothing_saveable",   # per basic block (README: memory)
                          pretrained=""))    # torchvision resnet34 .safetensors (see above)
     m.bev.update(dict(query_hw=(128, 128), range_m=32.0, dim=256, num_layers=3, num_heads=8,
-                      mlp_dim=512, depths=(2.0, 5.0, 10.0, 20.0, 35.0, 55.0)))   # 64 m square
+                      mlp_dim=512, depths=(2.0, 5.0, 10.0, 20.0, 35.0, 55.0),    # 64 m square
+                      # memory (README, "Memory per device"): the 16,384 queries x 1,408 camera
+                      # tokens x 8 heads score matrix in chunks of 1,024 queries (the IL step's
+                      # largest buffer otherwise); each layer recomputed in the backward pass
+                      attn_q_chunk=1024, remat="nothing_saveable"))
     m.detection.update(dict(num_queries=30, num_layers=3, num_heads=8, mlp_dim=512))
     m.map.update(dict(num_tokens=64, num_layers=2, num_heads=8, mlp_dim=512, seg_hw=(128, 128)))
     m.semantic.update(dict(adaptor_tokens=64, adaptor_heads=16, num_meta_tokens=8, out_dim=256,
@@ -63,6 +68,7 @@ def get_config():
         vocab_size=151936, hidden_size=2048, num_layers=36, num_heads=16, num_kv_heads=2,
         head_dim=128, intermediate_size=11008, rms_norm_eps=1e-6, rope_theta=1000000.0,
         qkv_bias=True, tie_word_embeddings=True,
+        remat="nothing_saveable",  # keep only each layer's input for the backward pass
         pretrained=""))            # the Qwen2.5-3B HF directory (see above)
 
     # --- model.planner + il at paper scale ---------------------------------------------------

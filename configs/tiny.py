@@ -91,6 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
         norm="group",              # "group" (from scratch) or "frozen_bn" (pretrained, folded BN)
         out_dim=64,
         patch=8, width=64, depth=2, heads=4, mlp_dim=128,    # used when kind == "vit"
+        remat="",                  # as model.bev.remat, per ResNet basic block / ViT block
         # .safetensors/.npz state dict loaded at IL init ("" = random init): torchvision ResNet
         # names (needs norm="frozen_bn": BatchNorm statistics fold into the affines) or timm ViT
         # names (kind="vit"); nothing is downloaded
@@ -107,6 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
         use_lidar=True,
         remat="",                  # "" or a layers.REMAT_POLICIES name: each layer recomputed
                                    # in the backward pass (memory for compute; same params)
+        attn_q_chunk=0,            # > 0: the queries attend this many at a time (layers.attention)
     ))
     m.detection = ml_collections.ConfigDict(dict(
         num_queries=16,            # object tokens; the nearest num_queries agents are the targets

@@ -1,4 +1,5 @@
-"""Remat switches (config.model.semantic.llm.remat, model.bev.remat, model.planner.remat): the
+"""Remat switches (config.model.vision.remat, model.semantic.llm.remat, model.bev.remat,
+model.planner.remat) and the BEV attention's query chunks (model.bev.attn_q_chunk): the
 same param paths (checkpoints load either way), the same outputs and gradients, the blocks
 really rematerialised, bfloat16 compute reaching the blocks."""
 
@@ -13,6 +14,7 @@ import pytest
 from configs import tiny
 from irlvla_jax.models import layers
 from irlvla_jax.models import planner as pl
+from irlvla_jax.models import vision as vision_lib
 from irlvla_jax.models.bev import BEVEncoder
 from irlvla_jax.models.semantic import LlamaDecoder
 
@@ -65,7 +67,14 @@ def planner_case():
     return cfg, (lambda c: pl.DiffusionPlanner(c)), (x_t, jnp.array([3, 10, 40]), tokens), {}
 
 
-CASES = {"llm": llm_case, "bev": bev_case, "planner": planner_case}
+def vision_case():
+    cfg = _with(tiny.get_config().model.vision, stage_sizes=(2, 1), widths=(8, 16),
+                stem_width=8, out_dim=16)
+    images = jax.random.uniform(jax.random.key(0), (2, 32, 48, 3))
+    return cfg, (lambda c: vision_lib.ResNet(c)), (images,), {}
+
+
+CASES = {"llm": llm_case, "bev": bev_case, "planner": planner_case, "vision": vision_case}
 
 
 def _perturbed(params, seed=2):
@@ -109,7 +118,7 @@ def test_remat_keeps_params_outputs_and_gradients(block):
         jaxpr = jax.make_jaxpr(jax.grad(loss(m)))(variables["params"], *args)
         return len(re.findall(r"\bremat\d*\b|\bcheckpoint\b", str(jaxpr)))
     n_layers = {"llm": cfg.get("num_layers"), "bev": cfg.get("num_layers"),
-                "planner": cfg.get("num_blocks")}[block]
+                "planner": cfg.get("num_blocks"), "vision": sum(cfg.get("stage_sizes", ()))}[block]
     assert n_remat(plain) == 0
     assert n_remat(remat) >= n_layers
 
@@ -121,11 +130,11 @@ def test_unknown_remat_policy_is_a_clear_error():
 
 
 def _dots(jaxpr, inside_remat=False):
-    """(inside a remat block?, operand dtypes) of every dot_general in a (closed) jaxpr."""
+    """(inside a remat block?, operand dtypes) of every matmul and convolution in a jaxpr."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "dot_general":
+        if name in ("dot_general", "conv_general_dilated"):
             yield inside_remat, tuple(str(v.aval.dtype) for v in eqn.invars)
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
@@ -151,7 +160,7 @@ def test_bfloat16_compute_reaches_the_blocks(block):
     assert all(set(d) == {"bfloat16"} for d in in_blocks), in_blocks
 
 
-REMAT_FIELDS = ("semantic.llm", "bev", "planner")
+REMAT_FIELDS = ("vision", "semantic.llm", "bev", "planner")
 
 
 def _remat_config(policy):
@@ -190,3 +199,43 @@ def test_a_resume_may_switch_remat_but_not_the_model(tmp_path):
     changed.model.semantic.llm.num_layers = 3
     with pytest.raises(SystemExit, match="num_layers"):
         loop.check_config(str(stage_dir), changed, "the IL checkpoint")
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "keys", "per_query"])
+def test_query_chunked_attention_equals_the_whole(mask_kind):
+    """layers.attention with q_chunk (the BEV encoder's attn_q_chunk): the same output and
+    gradients as all queries at once; no [B, H, Nq, Nk] buffer in its program."""
+    k = jax.random.split(jax.random.key(0), 4)
+    b, nq, nk, h, dh = 2, 12, 5, 4, 8
+    q = jax.random.normal(k[0], (b, nq, h, dh))
+    kk = jax.random.normal(k[1], (b, nk, 2, dh))           # grouped-query: 2 kv heads
+    v = jax.random.normal(k[2], (b, nk, 2, dh))
+    mask = {"none": None,
+            "keys": layers.key_padding_mask(jnp.arange(nk)[None] < jnp.array([[5], [2]])),
+            "per_query": jax.random.bernoulli(k[3], 0.7, (b, 1, nq, nk))}[mask_kind]
+
+    def run(chunk):
+        f = lambda q, kk, v: layers.attention(q, kk, v, mask, q_chunk=chunk)  # noqa: E731
+        return jax.jit(jax.value_and_grad(lambda *a: _scalar(f(*a)), argnums=(0, 1, 2)))(
+            q, kk, v), f
+    (l0, g0), _ = run(0)
+    (l1, g1), chunked = run(3)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6), g0, g1)
+    hlo = jax.jit(jax.grad(lambda *a: _scalar(chunked(*a)))).lower(q, kk, v).as_text()
+    assert f"{b},{h},{nq},{nk}]" not in hlo.replace(" ", "")
+    with pytest.raises(ValueError, match="q_chunk=5"):
+        layers.attention(q, kk, v, q_chunk=5)
+
+
+def test_bev_encoder_with_query_chunks_equals_without():
+    cfg, make, args, _ = bev_case()
+    plain, chunked = make(cfg), make(_with(cfg, attn_q_chunk=4, remat=POLICY))
+    variables = jax.jit(plain.init)(jax.random.key(1), *args)
+    variables = dict(variables, params=_perturbed(variables["params"]))
+    loss = lambda m: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda p: _scalar(m.apply(dict(variables, params=p), *args))))
+    (l0, g0), (l1, g1) = loss(plain)(variables["params"]), loss(chunked)(variables["params"])
+    # the key/value gradients are summed over the chunks: another order of float additions
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5), g0, g1)

@@ -79,7 +79,8 @@ class BEVEncoder(nn.Module):
     """Camera feature maps (+ optional LiDAR raster) -> BEV feature map.
 
     cfg (``config.model.bev``): query_hw, range_m, dim, num_layers, num_heads, mlp_dim, depths,
-    use_lidar; optional remat (``layers.remat_policy``).
+    use_lidar; optional remat (``layers.remat_policy``) and attn_q_chunk (the queries attend
+    this many at a time: ``layers.attention``; 0 = all at once).
     """
     cfg: Any
     dtype: Any = jnp.float32
@@ -136,7 +137,8 @@ def _bev_layer(module: BEVEncoder, i: int, x: jax.Array, tokens: jax.Array, quer
     b, d = x.shape[0], cfg.dim
     hq, wq = cfg.query_hw
     x = CrossAttentionBlock(cfg.num_heads, d // cfg.num_heads, cfg.mlp_dim, dtype=dt,
-                            name=f"cross_{i}", parent=module)(x, tokens, None, train, query_pos,
+                            q_chunk=int(cfg.get("attn_q_chunk", 0)), name=f"cross_{i}",
+                            parent=module)(x, tokens, None, train, query_pos,
                                                               cam_pos)
     grid = nn.LayerNorm(dtype=dt, name=f"mix_norm_{i}", parent=module)(x).reshape(b, hq, wq, d)
     grid = nn.Conv(d, (3, 3), padding="SAME", feature_group_count=d, dtype=dt,

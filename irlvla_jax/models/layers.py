@@ -107,6 +107,43 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax
 
 
 # ----------------------------------------------------------------------------------------------
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+              causal: bool = False, q_chunk: int = 0) -> jax.Array:
+    """``jax.nn.dot_product_attention`` of q [B, Nq, H, Dh] over k, v [B, Nk, Hkv, Dh]
+    -> [B, Nq, H, Dh]; mask bool broadcastable to [B, H, Nq, Nk].
+
+    ``q_chunk`` > 0 (and < Nq, not causal): the queries are attended ``q_chunk`` at a time in a
+    ``lax.map`` whose body is rematerialised, so the [B, H, Nq, Nk] score matrix never exists
+    at once, in the forward or the backward pass; only a [B, H, q_chunk, Nk] slice. Queries
+    attend independently, so the result is the same (exact up to float rounding). For the BEV
+    queries (128 x 128 cells x the camera tokens) that matrix is the largest buffer of the IL
+    step.
+    """
+    b, nq, h, dh = q.shape
+    nk = k.shape[1]
+    if mask is not None:
+        mask = jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
+        mask = jnp.broadcast_to(mask, (b, h, mask.shape[2], nk))
+    if not q_chunk or q_chunk >= nq or causal:
+        if mask is not None:
+            mask = jnp.broadcast_to(mask, (b, h, nq, nk))
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    if nq % q_chunk:
+        raise ValueError(f"attention: {nq} queries are not divisible by q_chunk={q_chunk}")
+    n = nq // q_chunk
+    qs = jnp.moveaxis(q.reshape(b, n, q_chunk, h, dh), 1, 0)            # [n, B, c, H, Dh]
+    per_query_mask = mask is not None and mask.shape[2] == nq
+    ms = jnp.moveaxis(mask.reshape(b, h, n, q_chunk, nk), 2, 0) if per_query_mask else None
+
+    @jax.checkpoint
+    def one(qc, mc):
+        if mask is not None:
+            mc = jnp.broadcast_to(mask if mc is None else mc, (b, h, q_chunk, nk))
+        return jax.nn.dot_product_attention(qc, k, v, mask=mc)
+    y = jax.lax.map(lambda a: one(*a), (qs, ms))                         # [n, B, c, H, Dh]
+    return jnp.moveaxis(y, 0, 1).reshape(b, nq, h, dh)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with grouped-query heads (``num_kv_heads`` divides ``num_heads``).
 
@@ -121,6 +158,7 @@ class MultiHeadAttention(nn.Module):
     qkv_bias: bool = False
     out_bias: bool = False
     rope_base: float = 10000.0
+    q_chunk: int = 0                  # queries attended in chunks of this many (see attention)
 
     @nn.compact
     def __call__(self, q_in: jax.Array, kv_in: jax.Array, mask: jax.Array | None = None,
@@ -150,9 +188,7 @@ class MultiHeadAttention(nn.Module):
                             else (rope_positions, rope_positions))
             q = apply_rope(q, q_pos, self.rope_base)
             k = apply_rope(k, k_pos, self.rope_base)
-        if mask is not None:
-            mask = jnp.broadcast_to(mask, (q.shape[0], self.num_heads, q.shape[1], k.shape[1]))
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+        y = attention(q, k, v, mask, causal, self.q_chunk)
         out_dim = self.out_dim or q_in.shape[-1]
         return nn.DenseGeneral(out_dim, axis=(-2, -1), dtype=dt, param_dtype=jnp.float32,
                                use_bias=self.out_bias, name="o_proj")(y)
@@ -252,6 +288,7 @@ class CrossAttentionBlock(nn.Module):
     ffn: str = "gelu"
     norm_eps: float = 1e-6
     dropout_rate: float = 0.0
+    q_chunk: int = 0                  # see attention()
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array | None = None,
@@ -269,7 +306,8 @@ class CrossAttentionBlock(nn.Module):
         k_in = kv if context_pos is None else kv + context_pos.astype(kv.dtype)
         q_in = q if x_pos is None else q + x_pos.astype(q.dtype)
         attn = MultiHeadAttention(self.num_heads, self.num_kv_heads or self.num_heads,
-                                  self.head_dim, self.dtype, name="cross_attn")
+                                  self.head_dim, self.dtype, q_chunk=self.q_chunk,
+                                  name="cross_attn")
         h = attn(q_in, k_in, mask, v_in=kv)
         x = x + drop(h)
         if self.mlp_dim:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irlvla_jax.models.layers import MLP, MultiHeadAttention, as_dtype
+from irlvla_jax.models.layers import MLP, MultiHeadAttention, as_dtype, maybe_remat
 
 # ImageNet statistics: what torchvision / timm pretrained backbones expect.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -77,7 +77,8 @@ class ResNet(nn.Module):
     """torchvision ResNet (basic blocks) without the classifier, plus a 1x1 projection.
 
     cfg fields: stage_sizes (blocks per stage, e.g. (3, 4, 6, 3) = ResNet-34), widths (channels
-    per stage), stem_width, norm ('group' | 'frozen_bn'), out_dim. Output stride = 4 * 2^(S-1).
+    per stage), stem_width, norm ('group' | 'frozen_bn'), out_dim, remat (optional, per basic
+    block: ``layers.remat_policy``). Output stride = 4 * 2^(S-1).
     """
     cfg: Any
     dtype: Any = jnp.float32
@@ -95,10 +96,11 @@ class ResNet(nn.Module):
                     dtype=dt, name="conv1")(x)
         x = nn.relu(_norm(cfg.norm, cfg.stem_width, dt, "bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+        block = maybe_remat(BasicBlock, cfg.get("remat", ""))     # layers.remat_policy
         for s, (blocks, width) in enumerate(zip(cfg.stage_sizes, cfg.widths)):
             for b in range(blocks):
                 stride = 2 if (s > 0 and b == 0) else 1
-                x = BasicBlock(width, stride, cfg.norm, dt, name=f"layer{s + 1}_{b}")(x)
+                x = block(width, stride, cfg.norm, dt, name=f"layer{s + 1}_{b}")(x)
         return nn.Dense(cfg.out_dim, dtype=dt, name="proj")(x)
 
 
@@ -151,8 +153,9 @@ class ViT(nn.Module):
         if cfg.width % cfg.heads:
             raise ValueError(f"config.model.vision: width {cfg.width} not divisible by heads "
                              f"{cfg.heads}")
+        block = maybe_remat(ViTBlock, cfg.get("remat", ""))       # layers.remat_policy
         for i in range(cfg.depth):
-            x = ViTBlock(cfg.heads, cfg.mlp_dim, dt, name=f"blocks_{i}")(x)
+            x = block(cfg.heads, cfg.mlp_dim, dt, name=f"blocks_{i}")(x)
         x = nn.LayerNorm(dtype=dt, name="norm")(x)
         x = nn.Dense(cfg.out_dim, dtype=dt, name="proj")(x)
         return x.reshape(n, gh, gw, cfg.out_dim)

@@ -46,8 +46,10 @@ STRUCTURAL_FIELDS = {"il": ("model", "data.sizes", "il.freeze"),
                      "irl": ("rwm", "data.sizes"),
                      "rl": ("model", "data.sizes", "ppo.value_hidden")}
 # Fields under those that change how the state is computed, not its shapes: a resume may
-# switch them (the remat switches: memory against recomputation, same params).
-RUNTIME_FIELDS = ("model.semantic.llm.remat", "model.bev.remat", "model.planner.remat")
+# switch them (the remat switches and the BEV attention's query chunks: memory against
+# recomputation, same params).
+RUNTIME_FIELDS = ("model.vision.remat", "model.semantic.llm.remat", "model.bev.remat",
+                  "model.planner.remat", "model.bev.attn_q_chunk")
 
 
 @dataclasses.dataclass(frozen=True)
