@@ -10,8 +10,11 @@
     .venv/bin/python benchmarks/bench_scorer.py --baseline /tmp/base
 
 Scenes are NAVSIM-sized synthetic worlds (a multi-lane road grid with ``--polygons`` map
-polygons of 24 vertices, ``--agents`` moving and static objects, a 200-vertex centreline,
-8 red-light connectors). Two numbers per configuration:
+polygons, ``--agents`` moving and static objects, a 200-vertex centreline, 8 red-light
+connectors). Polygons have the vertex counts of the synthetic world's map (``REAL_VERTICES``:
+roadblocks and lanes 106, connectors 42, intersections 4, car parks 74), as far as the source
+tree's default ``max_polygon_vertices`` holds them (a tree that simplified rings to 24 vertices
+gets 24). Two numbers per configuration:
 
 * ``full``: ``scorer.score`` — observation, PDM-Closed and the human trajectory once per scene,
   then simulation + metrics + comfort for each of the K candidates;
@@ -44,6 +47,29 @@ from irlvla_jax import types  # noqa: E402
 from irlvla_jax.sim import observation, pdm_closed, scorer  # noqa: E402
 
 
+#: Vertices per ring in the synthetic world's maps, by ``types.MAP_POLYGON_TYPES`` index
+#: (roadblock, lane, lane connector, intersection, car park); red-light connectors: 42.
+REAL_VERTICES = (106, 106, 42, 4, 74)
+REAL_RED_LIGHT_VERTICES = 42
+
+
+def _rectangle_ring(x0, x1, y0, y1, n):
+    """The rectangle's boundary as n >= 4 vertices: its corners, the rest spread along its
+    sides (longest side first) like a map's densely sampled boundaries -> [n, 2] float32."""
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+    side = np.hypot(*np.diff(np.concatenate([corners, corners[:1]]), axis=0).T)
+    per = np.maximum(1, np.floor(side / side.sum() * n).astype(int))
+    per[np.argmax(side)] += n - per.sum()
+    return np.concatenate([a + np.arange(k)[:, None] / k * (b - a) for a, b, k in
+                           zip(corners, np.roll(corners, -1, 0), per)]).astype(np.float32)
+
+
+def _put_ring(polys, valid, i, ring):
+    polys[i, :len(ring)] = ring
+    polys[i, len(ring):] = ring[0]
+    valid[i, :len(ring)] = True
+
+
 def synthetic_scene(sizes: types.SceneSizes, rng: np.random.Generator, n_agents: int,
                     n_polygons: int) -> types.Scene:
     """A NAVSIM-sized scene: 4 parallel lanes along +x, cross streets, clutter polygons."""
@@ -51,13 +77,8 @@ def synthetic_scene(sizes: types.SceneSizes, rng: np.random.Generator, n_agents:
     V = sizes.max_polygon_vertices
 
     def put(i, x0, x1, y0, y1, kind, on_route=False):
-        ring = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
-        # Densify the long edges so polygons use their vertex budget like real lane polygons.
-        t = np.linspace(0, 1, V // 2, endpoint=False)[:, None]
-        bottom = ring[0] + t * (ring[1] - ring[0])
-        top = ring[2] + t * (ring[3] - ring[2])
-        s.map_polygons[i] = np.concatenate([bottom, top])
-        s.map_vertex_valid[i] = True
+        n = min(REAL_VERTICES[kind], V)
+        _put_ring(s.map_polygons, s.map_vertex_valid, i, _rectangle_ring(x0, x1, y0, y1, n))
         s.map_polygon_type[i], s.map_polygon_on_route[i] = kind, on_route
         s.map_polygon_valid[i] = True
 
@@ -104,9 +125,8 @@ def synthetic_scene(sizes: types.SceneSizes, rng: np.random.Generator, n_agents:
         s.agent_class[a] = types.VEHICLE if dynamic else types.AGENT_CLASSES.index("traffic_cone")
     for r in range(sizes.max_red_lights):
         x0 = rng.uniform(20, 90)
-        ring = np.array([[x0, -1.75], [x0 + 4, -1.75], [x0 + 4, 1.75], [x0, 1.75]], np.float32)
-        s.red_light_polygons[r] = np.concatenate([ring, np.repeat(ring[:1], V - 4, 0)])
-        s.red_light_vertex_valid[r, :4] = True
+        _put_ring(s.red_light_polygons, s.red_light_vertex_valid, r,
+                  _rectangle_ring(x0, x0 + 4, -1.75, 1.75, min(REAL_RED_LIGHT_VERTICES, V)))
         s.red_light_is_red[r] = rng.random(types.NUM_AGENT_STEPS) < 0.3
         s.red_light_on_route[r] = s.red_light_on_corrected_route[r] = True
         s.red_light_valid[r] = True
@@ -136,7 +156,8 @@ def _time(fn, args, reps):
 
 
 def bench(batch, k, agents, polygons, reps, seed=0):
-    sizes = types.SceneSizes(max_agents=agents, max_polygons=polygons, max_polygon_vertices=24,
+    sizes = types.SceneSizes(max_agents=agents, max_polygons=polygons,
+                             max_polygon_vertices=types.SceneSizes().max_polygon_vertices,
                              max_centerline=200, max_red_lights=8, num_future=8,
                              cameras=("CAM_F0",), image_hw=(8, 8), lidar_bev_hw=(4, 4),
                              bev_hw=(4, 4), max_lanes=2, lane_points=2)

@@ -48,8 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
         bev_hw=(64, 64),
         bev_range_m=32.0,
         max_agents=32,
-        max_polygons=64,
-        max_polygon_vertices=24,
+        # The scorer's map is exact: every polygon and vertex, or the reader refuses the scene
+        # (map_too_large). The default world needs up to 84 polygons of up to 106 vertices.
+        max_polygons=96,
+        max_polygon_vertices=112,
         max_centerline=200,
         max_red_lights=8,
         max_lanes=32,

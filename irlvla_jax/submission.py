@@ -21,8 +21,9 @@ submission holds: plain containers, numpy arrays, and NAVSIM's two classes (as t
 installed). Any other global (``builtins.eval``, ``os.system``, ...) is refused by name.
 
 :func:`write_submission` writes the same structure: its trajectories are those two dataclasses
-pickled under NAVSIM's and nuplan's names (:class:`OfficialNamesPickler`), so the file unpickles
-as ``navsim.common.dataclasses.Trajectory`` where navsim is installed (the leaderboard) and as
+pickled under NAVSIM's and nuplan's names (:data:`OFFICIAL_NAMES`), by ``data.numpy1_pickle``
+(numpy's globals under their numpy-1 paths: NAVSIM pins numpy 1.23), so the file unpickles as
+``navsim.common.dataclasses.Trajectory`` where navsim is installed (the leaderboard) and as
 plain data through :func:`read_submission` where it is not.
 """
 
@@ -41,6 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from irlvla_jax import evaluate, tracking, types
+from irlvla_jax.data import numpy1_pickle
 from irlvla_jax.sim import report
 
 #: The metadata keys of a leaderboard submission.
@@ -207,34 +209,6 @@ def read_submission(path: str) -> Submission:
 # ---------------------------------------------------------------------------------------------
 # Writing
 
-class OfficialNamesPickler(pickle._Pickler):
-    """Pickles (protocol 4, what NAVSIM's Python writes) with :data:`OFFICIAL_NAMES`: our
-    :class:`Trajectory` / :class:`TrajectorySampling` are named as NAVSIM's and nuplan's classes,
-    whose pickled state (``__dict__``) they share field by field. numpy's functions are named
-    ``numpy.core.*``: numpy 2 writes ``numpy._core``, which numpy < 1.26 cannot load; every
-    numpy loads ``numpy.core``.
-
-    The pure-Python pickler, as its ``save_global`` can be overridden: the C pickler imports
-    each class by its name to check it, and navsim need not be installed to write a submission.
-    """
-
-    def __init__(self, file):
-        super().__init__(file, protocol=4)
-
-    def save_global(self, obj: Any, name: str | None = None) -> None:
-        module, qualname = OFFICIAL_NAMES.get(obj, (None, None))
-        if module is None:
-            module = getattr(obj, "__module__", None) or ""
-            if not module.startswith("numpy._core."):
-                return super().save_global(obj, name)
-            module = "numpy.core." + module[len("numpy._core."):]
-            qualname = name or obj.__qualname__
-        self.save(module)
-        self.save(qualname)
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
-
-
 def write_submission(path: str, first_stage: Mapping[str, Any],
                      second_stage: Mapping[str, Any] | None = None,
                      metadata: Mapping[str, str] | None = None) -> str:
@@ -265,7 +239,8 @@ def write_submission(path: str, first_stage: Mapping[str, Any],
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
-        OfficialNamesPickler(f).dump(obj)
+        # numpy 1.x (NAVSIM pins 1.23) reads it: numpy's globals as numpy.core.*.
+        numpy1_pickle.dump(obj, f, names=OFFICIAL_NAMES)
     os.replace(tmp, path)
     return path
 

@@ -18,7 +18,12 @@ Conventions (all fields)
   except polygon vertices: padded vertices **repeat the polygon's first vertex**, so every edge
   ``(v[i], v[(i + 1) % V])`` of a padded ring is either a real edge or has zero length.
   Geometry can therefore ignore the vertex mask; the mask is there for readers and plots.
-  Polygon rings are stored without the closing vertex, exterior ring only (holes are dropped).
+* **Polygons are exact.** A ring holds every vertex of the map polygon, without the closing
+  vertex: nothing is simplified, and a scene whose map needs more polygons or vertices than the
+  sizes hold is refused by the reader (``map_too_large``), never cut. A polygon with holes or
+  several parts is one ring joined by *bridges* (``data/polygon_rings.py``): each bridge is
+  traversed twice, so crossing-parity containment is exact (points within 1e-6 m of a bridge
+  read as boundary).
 * **Strings never enter device arrays.** Tokens, log names, track tokens and map ids travel in a
   host-side metadata record (:class:`SceneMeta`) keyed by the example index.
 
@@ -103,8 +108,8 @@ class SceneSizes:
     bev_hw: tuple[int, int] = (64, 64)         # BEV semantic raster
     bev_range_m: float = 32.0                  # rasters cover [-r, r] x [-r, r] metres
     max_agents: int = 32                       # A
-    max_polygons: int = 64                     # P (drivable map, 100 m square)
-    max_polygon_vertices: int = 24             # V
+    max_polygons: int = 96                     # P (drivable map, 100 m square), all of it
+    max_polygon_vertices: int = 112            # V: the longest ring (map and red lights)
     max_centerline: int = 200                  # R (route centreline vertices)
     max_red_lights: int = 8                    # L
     max_lanes: int = 32                        # M (lane vectors for the model's map tokens)
@@ -218,10 +223,11 @@ class Scene:
       agent_valid [A,9] bool: the track is annotated in that 2 Hz frame.
       agent_size [A,3] f32: (length, width, height) m.
       agent_class [A] i32: index into ``AGENT_CLASSES``.
-    Map (the PDM drivable-area map: objects intersecting the 100 m square around the ego
+    Map (the PDM drivable-area map: every object intersecting the 100 m square around the ego
     centre, in PDMDrivableMap order: roadblocks, then lanes per roadblock, then lane connectors
     per roadblock connector, then intersections, then carparks)
-      map_polygons [P,V,2] f32, map_vertex_valid [P,V] bool, map_polygon_valid [P] bool.
+      map_polygons [P,V,2] f32, map_vertex_valid [P,V] bool, map_polygon_valid [P] bool: the
+        exact rings (module docstring, "Polygons are exact"), valid prefix.
       map_polygon_type [P] i32: index into ``MAP_POLYGON_TYPES``.
       map_polygon_on_route [P] bool: the lane / lane connector is in the *corrected* route's
         lane dict (``route_lane_ids``: on-route lanes, used for ONCOMING).
@@ -230,7 +236,9 @@ class Scene:
       speed_limit [] f32: the starting lane's ``speed_limit_mps``; -1 when None (PDM-Closed
         falls back to 15 m/s).
       red_light_polygons [L,V,2] f32 (+ red_light_vertex_valid [L,V], red_light_valid [L]):
-        lane-connector polygons of connectors that carry a traffic light in any of the 9 frames.
+        lane-connector polygons (exact rings) of connectors that carry a traffic light in any of
+        the 9 frames: every one red on the raw or corrected route in some frame (the ones the
+        scorer reads), then the others while rows are left.
       red_light_is_red [L,9] bool: red at 2 Hz frame k (t = 0.5 k); 10 Hz step j uses k = j // 5.
       red_light_on_route [L] bool: in the *uncorrected* route (used by the scoring observation).
       red_light_on_corrected_route [L] bool: in the corrected route (used inside PDM-Closed).

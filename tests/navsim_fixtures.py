@@ -52,8 +52,36 @@ BLOCKS = {1: (0, 100), 2: (120, 220), 5: (-100, -20)}
 CONNECTORS = {3: (100, 120, 1, 2), 6: (-20, 0, 5, 1)}   # id: (s0, s1, from block, to block)
 
 
-def write_map(root: Path) -> Path:
-    """Write ``root/nuplan-maps-v1.0.json`` and the las-vegas map.gpkg; return the gpkg path."""
+#: The bite cut into block 1's left side: centre (s, l) and radius (m).
+BITE_S, BITE_L, BITE_R = 50.0, LANE_W, 2.5
+
+
+def bitten_block(n: int = 100) -> Polygon:
+    """Block 1's roadblock as a concave polygon of exactly ``n`` vertices: the rectangle
+    s 0..100, l -3.5..3.5 with a half-disc bite (``BITE_*``) out of its left side, the arc
+    sampled every few degrees and the sides densely (as nuPlan's curved boundaries are)."""
+    arc = n - 40
+    phi = np.linspace(np.pi, 2 * np.pi, arc)[::-1]          # from the bite's right end, down
+    bite = [(BITE_S + BITE_R * math.cos(a), BITE_L + BITE_R * math.sin(a)) for a in phi]
+    right = [(s, -LANE_W) for s in np.linspace(0, 100, 25, endpoint=False)]
+    right += [(100, l) for l in np.linspace(-LANE_W, LANE_W, 3, endpoint=False)]
+    left = [(s, LANE_W) for s in np.linspace(100, BITE_S + BITE_R, 6, endpoint=False)]
+    left += bite + [(s, LANE_W) for s in np.linspace(BITE_S - BITE_R, 0, 6)[1:]]
+    left += [(0, l) for l in np.linspace(LANE_W, -LANE_W, 2, endpoint=False)[1:]]
+    pts = right + left
+    assert len(pts) == n, len(pts)
+    return Polygon([to_global(s, l) for s, l in pts])
+
+
+def carparks_near_ego(n: int) -> list[Polygon]:
+    """``n`` small car parks in a grid right of the road, all within PDM's 100 m square."""
+    return [_rect(-40 + 9 * (i % 15), -34 + 9 * (i % 15), -8 - 7 * (i // 15), -3 - 7 * (i // 15))
+            for i in range(n)]
+
+
+def write_map(root: Path, block_1: Polygon | None = None, carparks: list | None = None) -> Path:
+    """Write ``root/nuplan-maps-v1.0.json`` and the las-vegas map.gpkg; return the gpkg path.
+    block_1: roadblock 1's polygon (default the rectangle); carparks: car-park polygons."""
     root = Path(root)
     path = root / LOCATION / "9.15.1915" / "map.gpkg"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +119,12 @@ def write_map(root: Path) -> Path:
     write("lane_connectors", conns, cgeo)
     write("gen_lane_connectors_scaled_width_polygons", cpoly, cpgeo)
     write("baseline_paths", base, bgeo)
-    write("lane_groups_polygons", [dict(fid=b) for b in (1, 2, 5, 9)],
-          [_rect(*BLOCKS[b], -LANE_W, LANE_W) for b in (1, 2, 5)] + [_rect(0, 50, 36.5, 43.5)])
+    blocks = [_rect(*BLOCKS[b], -LANE_W, LANE_W) for b in (1, 2, 5)] + [_rect(0, 50, 36.5, 43.5)]
+    if block_1 is not None:
+        blocks[0] = block_1
+    write("lane_groups_polygons", [dict(fid=b) for b in (1, 2, 5, 9)], blocks)
+    if carparks:
+        write("carpark_areas", [dict(fid=100 + i) for i in range(len(carparks))], carparks)
     write("lane_group_connectors",
           [dict(fid=c, from_lane_group_fid=v[2], to_lane_group_fid=v[3], intersection_fid=4)
            for c, v in CONNECTORS.items()],

@@ -224,13 +224,20 @@ def test_culled_ego_areas_equal_testing_every_polygon():
 
 
 def test_preselection_overflow_falls_back_to_exact():
-    """Capacities far below the scene's relevant agents / polygons (1 slot each) give the
-    sub-metrics of testing everything, also vmapped over scenes where only one overflows (the
-    fallback loop runs for the batch and must keep the other scene's values)."""
+    """Capacities far below the scene's relevant agents / polygons / red lights (1 slot each)
+    give the sub-metrics of testing everything, also vmapped over scenes where only one
+    overflows (the fallback loop runs for the batch and must keep the other scene's values)."""
     crowded = _scatter_quads(sc.road_scene(8.0), np.random.default_rng(4))
     for row, (x, y, vx) in enumerate([(12.0, 0.0, 1.0), (18.0, 0.3, 2.0), (25.0, 3.5, 0.0),
                                       (-12.0, 0.0, 9.0)]):   # a queue ahead, one behind
         sc.add_agent(crowded, row, x=x, y=y, vx=vx)
+    # Red lights: one across the ego lane that the fast trajectory runs, and a diamond whose
+    # bounding box the trajectory at y 2.5 reaches in its last steps without touching it.
+    sc.add_red_light(crowded, 0, 40.0, 44.0)
+    sc.add_red_light(crowded, 1, 0.0, 1.0)
+    diamond = np.array([[29.0, 3.0], [31.5, 5.5], [29.0, 8.0], [26.5, 5.5]], np.float32)
+    crowded.red_light_polygons[1] = np.concatenate(
+        [diamond, np.repeat(diamond[:1], sc.SIZES.max_polygon_vertices - 4, 0)])
     plain = sc.road_scene(8.0)
     states = np.stack([sc.constant_accel_states(v) for v in (2.0, 5.0, 8.0, 11.0)] +
                       [sc.constant_accel_states(6.0, y=y) for y in (2.5, -1.5)]).astype(
@@ -240,14 +247,16 @@ def test_preselection_overflow_falls_back_to_exact():
     batch = jax.tree.map(lambda *x: jnp.stack(x), *[sc.as_jnp(s) for s in scenes])
     states = np.stack([states, states])
 
-    def run(area, agent):
-        f = jax.vmap(lambda st, o, s: metrics.score_states(st, o, s, area, agent))
+    def run(capacity):
+        f = jax.vmap(lambda st, o, s: metrics.score_states(st, o, s, capacity, capacity,
+                                                           capacity))
         return jax.tree.map(np.asarray, jax.jit(f)(states, obs, batch))
 
-    full, one = run(None, None), run(1, 1)
-    assert not full["agent_overflow"].any() and not full["area_overflow"].any()
-    assert one["agent_overflow"][0].any() and one["area_overflow"][0].any()
-    assert not one["agent_overflow"][1].any()
+    full, one = run(None), run(1)
+    for name in ("agent_overflow", "area_overflow", "red_light_overflow"):
+        assert not full[name].any() and one[name][0].any(), name
+    assert not one["agent_overflow"][1].any() and not one["red_light_overflow"][1].any()
+    np.testing.assert_array_equal(full["tlc"][0], [1, 1, 1, 0, 1, 1])
     for name, want in full.items():
         if not name.endswith("overflow"):
             np.testing.assert_array_equal(one[name], want, err_msg=name)

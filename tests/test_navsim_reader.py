@@ -1,16 +1,20 @@
 """NAVSIM reader: a hand-built 15-frame log on the tiny map -> Scene dicts, and bad inputs."""
 
+import dataclasses
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from shapely.geometry import Point
+from shapely.geometry import Point, Polygon
 
 import navsim_fixtures as nf
-from irlvla_jax import types
+from configs import tiny
+from irlvla_jax import geometry, types
 from irlvla_jax.data import labels, navsim_reader
 from irlvla_jax.data.errors import BadInputError
 from irlvla_jax.data.navsim_reader import SceneReader
+from irlvla_jax.sim import metrics, observation
 
 SIZES = types.SceneSizes(num_future=10, cameras=("CAM_F0", "CAM_B0"), image_hw=(18, 32),
                          max_polygons=20, max_lanes=8, max_agents=4)
@@ -97,7 +101,6 @@ def test_map_route_and_lights(scenes):
     assert (sc["map_polygons"][0, 4:] == sc["map_polygons"][0, 0]).all()
     assert sc["map_vertex_valid"][0].sum() == 4
     # ego (0, 0) lies inside lane 12 (index 5) in the ego frame
-    from shapely.geometry import Polygon
     assert Polygon(sc["map_polygons"][5, :4]).contains(Point(0, 0))
     cl = sc["centerline"][sc["centerline_valid"]]
     np.testing.assert_allclose(cl[:, 1], 0, atol=1e-3)
@@ -112,6 +115,76 @@ def test_map_route_and_lights(scenes):
     # nearest lane first: the ego's own lane baseline runs through (0, 0)
     np.testing.assert_allclose(sc["lane_vectors"][0, :, 1], 0, atol=1e-3)
     assert sc["lane_on_route"][0]
+
+
+@pytest.fixture(scope="module")
+def exact_world(tmp_path_factory):
+    """The tiny map with a concave, curved 100-vertex roadblock 1 and 70 car parks (87
+    polygons)."""
+    root = tmp_path_factory.mktemp("exact")
+    nf.write_map(root / "maps", block_1=nf.bitten_block(100), carparks=nf.carparks_near_ego(70))
+    nf.write_log(root / "navsim", "mini", "log_a", nf.make_frames("log_a", n=15))
+    return root
+
+
+def test_map_polygons_are_kept_exactly(exact_world):
+    """Every polygon and every vertex, with the embedded default's sizes: no simplification,
+    no cut (issue 13, cause 2)."""
+    default = tiny.get_config().data.sizes
+    sizes = dataclasses.replace(SIZES, max_polygons=default.max_polygons,
+                                max_polygon_vertices=default.max_polygon_vertices)
+    sc, meta = next(SceneReader(exact_world / "navsim", exact_world / "maps", sizes)
+                    .iter_split("mini"))
+    n = int(sc["map_polygon_valid"].sum())
+    assert n == 17 + 70 > 64                          # more than the old tiny cap
+    assert list(sc["map_polygon_type"][:n]).count(types.CARPARK_AREA) == 70
+    # Roadblock 1 (the first polygon, PDM order) holds its 100 vertices as written.
+    assert sc["map_vertex_valid"][0].sum() == 100
+    x, y, h = nf.ego_pose(3)
+    c, s = math.cos(h), math.sin(h)
+    want = (np.asarray(nf.bitten_block(100).exterior.coords)[:-1] - (x, y)) @ [[c, -s], [s, c]]
+    np.testing.assert_allclose(sc["map_polygons"][0, :100], want, atol=2e-4)
+    assert (sc["map_polygons"][0, 100:] == sc["map_polygons"][0, 0]).all()
+    assert Polygon(sc["map_polygons"][0, :100]).area == pytest.approx(
+        nf.bitten_block(100).area, rel=1e-5)
+    assert "map_polygons" not in meta.truncated
+
+
+def test_the_scorer_sees_the_exact_concave_edge(exact_world):
+    """DAC of an ego standing with its front-left corner 1 cm inside / outside the curved bite
+    out of roadblock 1 (a ring the old 24-vertex cap cut by up to 5 cm), with the embedded
+    default's sizes: the reader keeps the arc, the scorer tests it."""
+    default = tiny.get_config().data.sizes
+    sizes = dataclasses.replace(SIZES, max_polygons=default.max_polygons,
+                                max_polygon_vertices=default.max_polygon_vertices)
+    sc, _ = next(SceneReader(exact_world / "navsim", exact_world / "maps", sizes)
+                 .iter_split("mini"))
+    scene = types.Scene.from_dict({k: jnp.asarray(v) for k, v in sc.items()})
+    # Road frame (s, l) -> the scene's frame: the ego's rear axle sits at s 60, l -1.75.
+    centre = np.array([nf.BITE_S - nf.EGO_S, nf.BITE_L + 1.75])
+    front_left = np.asarray(geometry.ego_corners(jnp.zeros(3)))[0]
+    phi = np.linspace(1.2, 1.8, 7) * np.pi                 # around the bite's lower half
+    states = []
+    for offset in (-0.01, 0.01):                           # inside the bite, then on the road
+        corner = centre + (nf.BITE_R + offset) * np.stack([np.cos(phi), np.sin(phi)], -1)
+        state = np.zeros((len(phi), metrics.NUM_STATES, 11), np.float32)
+        state[..., :2] = (corner - front_left)[:, None]
+        states.append(state)
+    raw = metrics.score_states(jnp.asarray(np.concatenate(states)),
+                               observation.build_observation(scene), scene)
+    np.testing.assert_array_equal(np.asarray(raw["dac"]), [0.0] * len(phi) + [1.0] * len(phi))
+
+
+@pytest.mark.parametrize("field, value, in_msg", [
+    ("max_polygons", 80, "87 drivable-map polygons"),
+    ("max_polygon_vertices", 64, "100 vertices")])
+def test_a_map_the_sizes_cannot_hold_is_refused(exact_world, field, value, in_msg):
+    sizes = dataclasses.replace(SIZES, **{"max_polygons": 96, "max_polygon_vertices": 112,
+                                          field: value})
+    reader = SceneReader(exact_world / "navsim", exact_world / "maps", sizes)
+    with pytest.raises(BadInputError, match=in_msg) as e:
+        next(reader.iter_split("mini"))
+    assert e.value.reason == "map_too_large" and field in str(e.value)
 
 
 def test_bev_semantic(scenes):
@@ -213,14 +286,6 @@ def test_bad_input_raises_or_is_counted(world, tmp_path, kind, in_msg):
     else:
         assert report.counts == {kind: 1}
     assert in_msg in str(report)
-
-
-def test_polygon_simplified_to_fit():
-    circle = Point(0, 0).buffer(10, quad_segs=16)   # 64 vertices
-    ring, simplified = navsim_reader._ring(circle, 24)
-    assert simplified and 3 <= len(ring) <= 24
-    from shapely.geometry import Polygon
-    assert Polygon(ring).area == pytest.approx(circle.area, rel=0.1)
 
 
 def test_meta_action_classes():

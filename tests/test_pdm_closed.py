@@ -311,3 +311,32 @@ def test_stops_at_red_light_not_at_green(planner):
     # Both scenes came through one vmapped program; shapes per scene.
     assert outs["poses"].shape == (2, 51, 3) and outs["states"].shape == (2, 41, 11)
     assert np.isfinite(outs["states"]).all()
+
+
+def test_red_light_preselection_is_exact(monkeypatch):
+    """The red lights against the corridor (chunks whose bounds overlap the light's) and in the
+    lead rows (the first lights red and ahead, in light order): with one slot each, an L-shaped
+    light whose bounds reach a corridor chunk it does not touch (it crosses the road in the
+    next one) and a nearer second light ahead overflow, and only the fallbacks give the result
+    of testing everything (the default slots hold both)."""
+    red = straight_road(speed=8.0, speed_limit=10.0)
+    add_red_light(red, 0, 0.0, 1.0)
+    red["red_light_polygons"][0] = np.array(
+        [[12, 5], [24, 5], [36, 5], [36, -1.75], [32, -1.75], [32, 3], [24, 3], [12, 3]],
+        np.float32)          # beside the road from x 12 (corridor chunk x 10..30), across at 32
+    add_red_light(red, 1, 20.0, 24.0)
+    green = straight_road(speed=8.0, speed_limit=10.0)
+    add_red_light(green, 0, 20.0, 24.0, red=False)
+    batch = _batch(red, green)
+
+    def run():   # traced afresh: the capacities are read when tracing
+        return jax.tree.map(np.asarray, jax.jit(lambda s: jax.vmap(pc.pdm_closed_details)(s))(
+            batch))
+
+    want = run()
+    assert want["poses"][0, :, 0].max() + 4.049 < 20.0 < want["poses"][1, :, 0].max()
+    monkeypatch.setattr(pc, "CORRIDOR_LIGHT_CHUNK_CAPACITY", 1)
+    monkeypatch.setattr(pc, "RED_LIGHT_LEAD_CAPACITY", 1)
+    got = run()
+    for name in ("poses", "states", "proposal_poses", "proposal_scores", "best"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -191,6 +191,7 @@ def test_a_root_with_a_custom_split_folder_builds_and_loads(tmp_path):
     config.data.navsim_root, config.data.maps_root = (str(tmp_path / "openscene"),
                                                       str(tmp_path / "maps"))
     config.data.train_split, config.data.eval_split = "demo", "demo-2.v1"
+    config.data.sizes.max_polygons = 20               # the fixture map, all of it
     summary = prepare.prepare_data(config)
     assert {s: v["scenes"] for s, v in summary["splits"].items()} == {"demo": 2, "demo-2.v1": 2}
     for split in ("demo", "demo-2.v1"):

@@ -21,7 +21,8 @@ Log pickles are parsed into frames by ``navsim_logs.py``, stage-2 scene pickles 
 ``navhard.py``; this module cuts windows and builds the scenes. Everything is expressed in the
 t = 0 rear-axle frame (see ``irlvla_jax.types``); the route pipeline (correction, drivable map,
 starting lane, Dijkstra centreline) is ``data.route``.
-Cut and simplified entities are counted in the meta; bad input raises
+Entities cut to fit the sizes are counted in the meta (the drivable map and the red lights the
+scorer reads are kept whole, vertex for vertex, or the scene is refused); bad input raises
 :class:`~irlvla_jax.data.errors.BadInputError` (or is skipped and counted with ``skip_bad``).
 """
 
@@ -44,6 +45,7 @@ from irlvla_jax.data.errors import BadInputError, SkipReport
 from irlvla_jax.data.maps import CROSSWALK, WALKWAYS, MapAPI
 from irlvla_jax.data.navsim_logs import (CUR, FRAME_DT_US, NUM_HISTORY, Fields, Frame, camera,
                                          ego_jump, read_log)
+from irlvla_jax.data.polygon_rings import pad_rings, polygon_ring
 from irlvla_jax.data.sensor_io import read_pcd
 
 DT_TOLERANCE_US = 100_000          # consecutive frames: 0.4 .. 0.6 s apart
@@ -74,12 +76,12 @@ class NavsimSceneMeta(types.SceneMeta):
 
     stage: 1 for logged scenes, 2 for navhard synthetic follow-ups; original_token: a stage-2
     scene's stage-1 scene (its two-stage group); truncated: entity kind -> how many were cut to
-    fit the sizes; simplified_polygons: polygons simplified to ``max_polygon_vertices``.
+    fit the sizes (never the scorer's map polygons or the red lights that can matter to it:
+    those raise ``map_too_large`` instead).
     """
     stage: int = 1
     original_token: str | None = None
     truncated: dict[str, int] = dataclasses.field(default_factory=dict)
-    simplified_polygons: int = 0
     corrected_route: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -110,37 +112,11 @@ def _rot(h: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-def _ring(geom, max_v: int) -> tuple[np.ndarray, bool]:
-    """Exterior ring without the closing vertex [n <= max_v, 2] (largest part of a multi-
-    polygon; holes dropped); simplified with doubling tolerance until it fits. -> (ring,
-    simplified)."""
+def _exterior(geom) -> np.ndarray:
+    """The exterior ring [n, 2] of a polygon (of its largest part), for the BEV label only."""
     if geom.geom_type != "Polygon":
         geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
-    ring = np.asarray(geom.exterior.coords)[:-1, :2]
-    if len(ring) <= max_v:
-        return ring, False
-    tol = 0.05
-    for _ in range(30):
-        g = shapely.simplify(geom, tol, preserve_topology=True)
-        ring = np.asarray(g.exterior.coords)[:-1, :2]
-        if len(ring) <= max_v:
-            return ring, True
-        tol *= 2
-    return np.asarray(geom.minimum_rotated_rectangle.exterior.coords)[:-1, :2], True
-
-
-def _pad_rings(rings: list[np.ndarray], P: int, V: int):
-    """Rings -> (polygons [P, V, 2] f32, vertex_valid [P, V], valid [P]); padded vertices repeat
-    the first vertex (types.py convention)."""
-    poly = np.zeros((P, V, 2), np.float32)
-    vv = np.zeros((P, V), bool)
-    for i, r in enumerate(rings[:P]):
-        poly[i, :len(r)] = r
-        poly[i, len(r):] = r[0]
-        vv[i, :len(r)] = True
-    valid = np.zeros(P, bool)
-    valid[:min(len(rings), P)] = True
-    return poly, vv, valid
+    return np.asarray(geom.exterior.coords)[:-1, :2]
 
 
 def _resample(line: LineString, k: int) -> np.ndarray:
@@ -169,9 +145,9 @@ class SceneReader:
 
     def __init__(self, navsim_root, maps_root, sizes: types.SceneSizes, skip_bad: bool = False,
                  token_lists: Mapping[str, str | Path] | None = None):
-        if sizes.max_polygon_vertices < 4:
-            raise ValueError("sizes.max_polygon_vertices must be >= 4 (a polygon simplified as "
-                             f"far as it goes is a rectangle), got {sizes.max_polygon_vertices}")
+        if sizes.max_polygon_vertices < 3:
+            raise ValueError("sizes.max_polygon_vertices must be >= 3 (a triangle), got "
+                             f"{sizes.max_polygon_vertices}")
         self.root, self.maps_root = Path(navsim_root), Path(maps_root)
         self.sizes, self.skip_bad = sizes, skip_bad
         self.token_lists = dict(token_lists or {})
@@ -444,7 +420,7 @@ class SceneReader:
                                 "NAVSIM drops such scenes; filter it out")
         plan = route.plan_route(m, cur.pose, cur.route, where=f"{where} token {cur.token}")
         meta.corrected_route = plan.corrected_ids
-        out.update(self._map(m, plan, loc, fr, meta))
+        out.update(self._map(m, plan, loc, fr, meta, f"{where} token {cur.token}"))
         # labels
         t0 = out["agent_valid"][:, 0]
         boxes = np.concatenate([out["agent_states"][t0, 0, :3], out["agent_size"][t0, :2]], 1)
@@ -453,7 +429,7 @@ class SceneReader:
                 if t in (types.LANE, types.LANE_CONNECTOR, types.INTERSECTION)]
         walk_ids = m.proximal_objects(route.ego_center(cur.pose), s.bev_range_m * 1.5,
                                       [WALKWAYS, CROSSWALK])
-        walks = [loc.xy(_ring(m.polygon(i, layer), 10 ** 6)[0])
+        walks = [loc.xy(_exterior(m.polygon(i, layer)))
                  for layer in (WALKWAYS, CROSSWALK) for i in walk_ids[layer]]
         lines = [loc.xy(np.asarray(self._lane(m, tok, typ).baseline.coords)[:, :2])
                  for tok, typ in zip(plan.dmap.tokens, plan.dmap.types)
@@ -540,28 +516,22 @@ class SceneReader:
                 "agent_class": cls}
 
     def _map(self, m: MapAPI, plan: route.RoutePlan, loc: _Local, fr: list[Frame],
-             meta: NavsimSceneMeta) -> dict[str, np.ndarray]:
+             meta: NavsimSceneMeta, where: str) -> dict[str, np.ndarray]:
         s = self.sizes
         P, V = s.max_polygons, s.max_polygon_vertices
         out: dict[str, np.ndarray] = {}
-        # drivable map, PDM order, cut by that order
+        # The drivable map in PDM order, every polygon and vertex (polygon_rings).
         dm = plan.dmap
-        if len(dm.tokens) > P:
-            meta.truncated["map_polygons"] = len(dm.tokens) - P
         on_route = set(plan.route_lane_ids)
-        rings = []
-        for poly in dm.polygons[:P]:
-            r, simp = _ring(poly, V)
-            meta.simplified_polygons += simp
-            rings.append(loc.xy(r))
+        rings = [loc.xy(polygon_ring(poly)) for poly in dm.polygons]
         out["map_polygons"], out["map_vertex_valid"], out["map_polygon_valid"] = \
-            _pad_rings(rings, P, V)
+            pad_rings(rings, P, V, "drivable-map polygon", where)
         out["map_polygon_type"] = np.zeros(P, np.int32)
-        out["map_polygon_type"][:len(rings)] = dm.types[:P]
+        out["map_polygon_type"][:len(rings)] = dm.types
         out["map_polygon_on_route"] = np.zeros(P, bool)
         out["map_polygon_on_route"][:len(rings)] = [
             t in on_route and k in (types.LANE, types.LANE_CONNECTOR)
-            for t, k in zip(dm.tokens[:P], dm.types[:P])]
+            for t, k in zip(dm.tokens, dm.types)]
         # centreline: drop vertices well behind the ego first, then the far end
         c = plan.centerline
         R = s.max_centerline
@@ -579,11 +549,11 @@ class SceneReader:
         out["centerline_valid"] = np.arange(R) < len(c)
         sp = plan.start_lane.speed_limit
         out["speed_limit"] = np.array(-1.0 if sp is None else sp, np.float32)
-        out.update(self._red_lights(m, plan, loc, fr, meta))
+        out.update(self._red_lights(m, plan, loc, fr, meta, where))
         out.update(self._lane_vectors(m, plan, loc, meta))
         return out
 
-    def _red_lights(self, m, plan, loc, fr, meta) -> dict[str, np.ndarray]:
+    def _red_lights(self, m, plan, loc, fr, meta, where) -> dict[str, np.ndarray]:
         s, T = self.sizes, types.NUM_AGENT_STEPS
         L, V = s.max_red_lights, s.max_polygon_vertices
         ids: dict[str, np.ndarray] = {}
@@ -597,17 +567,17 @@ class SceneReader:
         if unknown:
             meta.truncated["red_lights_not_in_map"] = len(unknown)
         raw, corr = set(plan.uncorrected_lane_ids), set(plan.route_lane_ids)
-        # Cut by first appearance, but lights that can matter for TLC (red and on a route) first.
-        order = sorted(ids, key=lambda c: not (ids[c].any() and (c in raw or c in corr)))
-        if len(order) > L:
-            meta.truncated["red_lights"] = len(order) - L
-        order = order[:L]
-        rings = []
-        for cid in order:
-            r, simp = _ring(m.lane_connectors[cid].polygon, V)
-            meta.simplified_polygons += simp
-            rings.append(loc.xy(r))
-        poly, vv, valid = _pad_rings(rings, L, V)
+        # The scorer reads a light only when it is red on a route (TLC: the raw route,
+        # PDM-Closed: the corrected one): those are never cut; the others fill what is left,
+        # by first appearance.
+        matters = [c for c in ids if ids[c].any() and (c in raw or c in corr)]
+        others = [c for c in ids if c not in set(matters)]
+        order = matters + others[:max(0, L - len(matters))]
+        if len(order) < len(ids):
+            meta.truncated["red_lights"] = len(ids) - len(order)
+        rings = [loc.xy(polygon_ring(m.lane_connectors[cid].polygon, f"{where} connector {cid}",
+                                     simple_only="red-light connector")) for cid in order]
+        poly, vv, valid = pad_rings(rings, L, V, "red-light connector", where, "max_red_lights")
         red = np.zeros((L, T), bool)
         on, on_c = np.zeros(L, bool), np.zeros(L, bool)
         for i, cid in enumerate(order):

@@ -17,16 +17,29 @@ from __future__ import annotations
 import importlib
 import io
 import pickle
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Mapping
 
 PROTOCOL = 4            # numpy 1.23 runs on Python >= 3.8: protocol 4 is safe; 5 adds nothing here
 _NUMPY2, _NUMPY1 = "numpy._core", "numpy.core"
 
 
 class _Numpy1Pickler(pickle._Pickler):
-    """Writes ``numpy._core.<m>.<name>`` globals as ``numpy.core.<m>.<name>``."""
+    """Writes ``numpy._core.<m>.<name>`` globals as ``numpy.core.<m>.<name>``, and the objects
+    of ``names`` under the (module, qualname) given there (e.g. another package's class whose
+    pickled state a local stand-in shares)."""
+
+    def __init__(self, file, protocol, names=None):
+        super().__init__(file, protocol=protocol)
+        self._names = dict(names or {})
 
     def save_global(self, obj, name=None):
+        if obj in self._names:
+            module, qualname = self._names[obj]
+            self.save(module)
+            self.save(qualname)
+            self.write(pickle.STACK_GLOBAL)
+            self.memoize(obj)
+            return
         module = getattr(obj, "__module__", None) or ""
         if not (module == _NUMPY2 or module.startswith(_NUMPY2 + ".")):
             return super().save_global(obj, name)
@@ -46,9 +59,10 @@ class _Numpy1Pickler(pickle._Pickler):
         self.memoize(obj)
 
 
-def dump(obj: Any, file: BinaryIO) -> None:
-    """Pickle ``obj`` into ``file`` (protocol 4) with numpy-1 module paths."""
-    _Numpy1Pickler(file, protocol=PROTOCOL).dump(obj)
+def dump(obj: Any, file: BinaryIO, names: Mapping[Any, tuple[str, str]] | None = None) -> None:
+    """Pickle ``obj`` into ``file`` (protocol 4) with numpy-1 module paths; names: object ->
+    (module, qualname) to write for it instead of its own (``submission.OFFICIAL_NAMES``)."""
+    _Numpy1Pickler(file, protocol=PROTOCOL, names=names).dump(obj)
 
 
 def dumps(obj: Any) -> bytes:

@@ -14,8 +14,9 @@ Everything is per candidate and vmapped over K; map geometry is shared across ca
 ego-area flags (on several lanes, off-road, oncoming, in an intersection) come from
 ``ego_area``. The order-dependent ignore lists of NC and TTC are computed without a sequential
 loop, see :func:`_first_events`. NC and TTC test per step only the agents whose bounding box
-overlaps the ego's (``AGENT_CAPACITY`` slots, ``preselect``): exact, trajectories with more are
-redone against every agent.
+overlaps the ego's (``AGENT_CAPACITY`` slots, ``preselect``), TLC only the active red lights
+whose bounding box does (``RED_LIGHT_CAPACITY`` (step, light) pairs): exact, trajectories with
+more are redone against everything.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 
 from irlvla_jax import geometry as geo
 from irlvla_jax.sim import ego_area
-from irlvla_jax.sim.preselect import box_lo_hi, complete, materialize, near_boxes
+from irlvla_jax.sim.preselect import (box_lo_hi, boxes_overlap, complete, first_true,
+                                      materialize, near_boxes)
 from irlvla_jax.sim.trajectory import StateIndex as S
 
 NUM_STATES = 41                       # t = 0 .. 4 s at 0.1 s
@@ -47,6 +49,11 @@ LK_MAX_STEPS = int(np.ceil(2.0 / 0.1))   # consecutive exceedances that fail LK 
 # more anywhere is redone against every agent, this many trajectories at a time.
 AGENT_CAPACITY = 12
 AGENT_FALLBACK_CHUNK = 8
+# (step, red light) pairs tested per trajectory by TLC: an active red light whose bounding box
+# overlaps the ego's at that step (the light's exact ring has tens of vertices); a trajectory
+# with more, none of them touched, is redone against every pair, this many at a time.
+RED_LIGHT_CAPACITY = 8
+RED_LIGHT_FALLBACK_CHUNK = 8
 
 
 def _relative_cos(ego_pose, point):
@@ -189,13 +196,32 @@ def _time_to_collision(corners, pose, speed, areas, tables, capacity):
     return jnp.where(((first != _NO_EVENT) & (first % 2 == 0)).any(), 0.0, 1.0), overflow
 
 
-def _traffic_light(centre, heading, red_active, red_edges):
+def _traffic_light(centre, heading, red, capacity):
     """TLC (spec §5.5): 0 if any ego polygon, t = 0..40 included, touches an active red-light
-    lane connector at the same step. centre [41,2], heading [41], red_active [L,41],
-    red_edges [L,V,6] (``geo.edge_table`` of the red-light polygons) -> []."""
-    hit = geo.box_intersects_polygon(centre[:, None], heading[:, None], geo.EGO_HALF_LENGTH,
-                                     geo.EGO_HALF_WIDTH, red_edges[None])   # [41,L]
-    return jnp.where((hit & red_active.T).any(), 0.0, 1.0)
+    lane connector at the same step. centre [41,2], heading [41]; red: dict of the scene's
+    red lights, ``active`` [L,41], ``edges`` [L,V,6] (``geo.edge_table`` of their rings),
+    ``lo``/``hi`` [L,2] their bounds. -> (tlc [], overflow [] bool).
+
+    Only an active light whose bounding box overlaps the ego's can be touched: those (step,
+    light) pairs are tested, ``capacity`` of them (static; None: every pair). overflow: there
+    were more and none of those tested was touched (the caller redoes the trajectory)."""
+    c, s = jnp.abs(jnp.cos(heading)), jnp.abs(jnp.sin(heading))
+    # The ego box's bounds, widened by a millimetre against rounding (a superset is exact).
+    half = jnp.stack([c * geo.EGO_HALF_LENGTH + s * geo.EGO_HALF_WIDTH,
+                      s * geo.EGO_HALF_LENGTH + c * geo.EGO_HALF_WIDTH], -1) + 1e-3  # [41,2]
+    near = red["active"].T & boxes_overlap((centre - half)[:, None], (centre + half)[:, None],
+                                           red["lo"][None], red["hi"][None])     # [41,L]
+    num_l = near.shape[1]
+    if capacity is None:
+        hit = geo.box_intersects_polygon(centre[:, None], heading[:, None],
+                                         geo.EGO_HALF_LENGTH, geo.EGO_HALF_WIDTH,
+                                         red["edges"][None]) & near              # [41,L]
+        return jnp.where(hit.any(), 0.0, 1.0), jnp.zeros((), bool)
+    pick, valid, overflow = first_true(near.reshape(-1), capacity)               # [C]
+    step, light = pick // num_l, pick % num_l
+    hit = geo.box_intersects_polygon(centre[step], heading[step], geo.EGO_HALF_LENGTH,
+                                     geo.EGO_HALF_WIDTH, red["edges"][light]) & valid
+    return jnp.where(hit.any(), 0.0, 1.0), overflow & ~hit.any()
 
 
 def _driving_direction(centre, areas):
@@ -239,14 +265,15 @@ def _collisions(states, areas, tables, capacity):
     return nc, ttc, nc_overflow.at[:ttc_overflow.shape[0]].max(ttc_overflow)
 
 
-def _score_one(states, areas, scene, red_active, red_edges):
+def _score_one(states, areas, scene, red, red_capacity):
     pose, _, _, centre = _ego_points(states)
     line, valid = scene.centerline, scene.centerline_valid
     s = geo.polyline_project(centre[jnp.array([0, NUM_STATES - 1])], line, valid)[0]
+    tlc, tlc_overflow = _traffic_light(centre, pose[:, 2], red, red_capacity)
     return dict(
         dac=jnp.where(areas["non_drivable"].any(), 0.0, 1.0),
         ddc=_driving_direction(centre, areas),
-        tlc=_traffic_light(centre, pose[:, 2], red_active, red_edges),
+        tlc=tlc, tlc_overflow=tlc_overflow,
         lk=_lane_keeping(geo.polyline_distance(centre, line, valid),
                          areas["centre_in_intersection"]),
         progress=jnp.maximum(0.0, s[-1] - s[0]),
@@ -254,7 +281,7 @@ def _score_one(states, areas, scene, red_active, red_edges):
 
 
 def score_states(states, obs, scene, area_capacity=ego_area.AREA_CAPACITY,
-                 agent_capacity=AGENT_CAPACITY):
+                 agent_capacity=AGENT_CAPACITY, red_light_capacity=RED_LIGHT_CAPACITY):
     """Raw sub-metrics of K simulated trajectories in one scene.
 
     Args:
@@ -264,17 +291,19 @@ def score_states(states, obs, scene, area_capacity=ego_area.AREA_CAPACITY,
         agent_first_speed [A], agent_is_dynamic [A], red_polygons [L,V,2], red_active [L,N].
       scene: one (unbatched) Scene: map_polygons [P,V,2], map_polygon_type/on_route/valid [P],
         centerline [R,3], centerline_valid [R].
-      area_capacity, agent_capacity: static; pre-selection sizes (polygons per ego point, see
-        ``ego_area.ego_areas``; agents per step for NC/TTC), None = test everything. They change
-        the speed only: whatever overflows them is recomputed exactly.
+      area_capacity, agent_capacity, red_light_capacity: static; pre-selection sizes (polygons
+        per ego point, see ``ego_area.ego_areas``; agents per step for NC/TTC; (step, light)
+        pairs per trajectory for TLC), None = test everything. They change the speed only:
+        whatever overflows them is recomputed exactly.
     Returns:
       dict of float32 [K]: ``nc`` {0,0.5,1}, ``dac``, ``ddc`` {0,0.5,1}, ``tlc``, ``ttc``, ``lk``,
       ``progress`` (raw metres along the centreline, >= 0); and bool [K,41] per-step flags
       ``multiple_lanes``, ``non_drivable``, ``oncoming``, ``centre_in_intersection``,
-      ``rear_in_intersection``, ``area_overflow`` (the pose overflowed ``area_capacity`` and
-      took the exact fallback), ``agent_overflow`` (more than ``agent_capacity`` agents near the
-      ego at that step: the trajectory's NC/TTC took the exact fallback). A trajectory with
-      any non-finite state scores 0 on every metric, progress 0.
+      ``rear_in_intersection``, ``area_overflow`` (a point of the pose overflowed
+      ``area_capacity`` and took a fallback), ``agent_overflow`` (more than
+      ``agent_capacity`` agents near the ego at that step: the trajectory's NC/TTC took the
+      exact fallback); bool [K] ``red_light_overflow`` (TLC took the exact fallback). A
+      trajectory with any non-finite state scores 0 on every metric, progress 0.
     """
     states = jnp.asarray(states, jnp.float32)
     if states.ndim != 3 or states.shape[1:] != (NUM_STATES, len(S)):
@@ -289,10 +318,19 @@ def score_states(states, obs, scene, area_capacity=ego_area.AREA_CAPACITY,
     k = states.shape[0]
     areas = ego_area.ego_areas(points.reshape(k * NUM_STATES, 6, 2), scene, area_capacity)
     areas = {n: a.reshape(k, NUM_STATES) for n, a in areas.items()}
-    red_edges = materialize(geo.edge_table(jnp.asarray(obs.red_polygons, jnp.float32)))
-    red_active = materialize(obs.red_active[:, :NUM_STATES])
-    out = jax.vmap(_score_one, in_axes=(0, 0, None, None, None))(states, areas, scene,
-                                                                  red_active, red_edges)
+    red_polygons = jnp.asarray(obs.red_polygons, jnp.float32)
+    red = jax.tree.map(materialize, dict(
+        edges=geo.edge_table(red_polygons), active=obs.red_active[:, :NUM_STATES],
+        lo=red_polygons.min(-2), hi=red_polygons.max(-2)))
+    out = jax.vmap(_score_one, in_axes=(0, 0, None, None, None))(states, areas, scene, red,
+                                                                  red_light_capacity)
+    tlc_overflow = out.pop("tlc_overflow")
+    if red_light_capacity is not None:
+        # Exact fallback: trajectories near more active red lights than TLC tested.
+        def redo(i):
+            return jax.vmap(lambda st: _traffic_light(_ego_points(st)[3], st[:, S.HEADING],
+                                                      red, None)[0])(states[i])
+        out["tlc"] = complete(tlc_overflow, out["tlc"], redo, RED_LIGHT_FALLBACK_CHUNK)
 
     tables = _agent_tables(obs)
     collide = jax.vmap(_collisions, in_axes=(0, 0, None, None))
@@ -306,7 +344,7 @@ def score_states(states, obs, scene, area_capacity=ego_area.AREA_CAPACITY,
     # A trajectory with a non-finite state has no NAVSIM score: the worst (see ``scorer``).
     finite = jnp.isfinite(states).all((1, 2))
     scores = {n: jnp.where(finite, v, 0.0) for n, v in dict(out, nc=nc, ttc=ttc).items()}
-    return dict(scores, agent_overflow=overflow, **areas)
+    return dict(scores, agent_overflow=overflow, red_light_overflow=tlc_overflow, **areas)
 
 
 def multiplier(raw):

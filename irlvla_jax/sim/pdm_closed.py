@@ -139,6 +139,16 @@ def _corridor(path, valid, start, end):
 CORRIDOR_CHUNK = 8
 CORRIDOR_CHUNK_CAPACITY = 3
 CORRIDOR_FALLBACK_ROWS = 64
+# Red lights against the corridor (once per scene): the pieces of at most this many chunks
+# whose bounding box overlaps the light's; (path, light) pairs with more take every piece,
+# this many pairs at a time.
+CORRIDOR_LIGHT_CHUNK_CAPACITY = 6
+CORRIDOR_LIGHT_FALLBACK_ROWS = 4
+# Red lights measured per proposal at a lead-row update: the first this many that are red on
+# its path's corridor and ahead of it (exact rings are long; see _red_light_distances); rows
+# with more are redone against every light, this many rows at a time.
+RED_LIGHT_LEAD_CAPACITY = 2
+RED_LIGHT_LEAD_FALLBACK_ROWS = 5
 
 
 def _near_discs(boxes, discs, disc_mask):
@@ -166,6 +176,63 @@ def _polygons_near_discs(centres, edges):
     near_edge = (ex * ex + ey * ey).min(-1) <= geometry.EGO_HALF_WIDTH ** 2
     code, _ = geometry.crossing_code(centres[..., 0], centres[..., 1], edges)
     return near_edge | (code % 2 == 1)
+
+
+def _pieces_touch_lights(rects, rect_mask, discs, disc_mask, edges):
+    """Corridor pieces (rects [...,4,2], discs [...,2] with their masks [...]) touching the
+    light polygons edges [...,V,6] (broadcast) -> bool [...]."""
+    along, across = rects[..., 0, :] - rects[..., 1, :], rects[..., 0, :] - rects[..., 3, :]
+    rect_len = jnp.sqrt(along[..., 0] ** 2 + along[..., 1] ** 2)
+    rect_axis = jnp.where(rect_len[..., None] > 0,
+                          along / jnp.where(rect_len > 0, rect_len, 1.0)[..., None],
+                          jnp.array([1.0, 0.0]))
+    hits = geometry.box_axis_intersects_polygon(
+        rects.mean(-2), rect_axis, 0.5 * rect_len,
+        0.5 * jnp.sqrt(across[..., 0] ** 2 + across[..., 1] ** 2), edges)
+    return (hits & rect_mask) | (_polygons_near_discs(discs, edges) & disc_mask)
+
+
+def _lights_in_corridor(corridor, polys, edges):
+    """Red lights whose polygon intersects a path's corridor: corridor from :func:`_corridor`
+    ([P,...]), polys [L,V,2], edges [L,V,6] -> bool [P,L].
+
+    A light's exact ring has tens of vertices and the corridor hundreds of pieces; only the
+    pieces of the (at most ``CORRIDOR_LIGHT_CHUNK_CAPACITY``) chunks of ``CORRIDOR_CHUNK``
+    segments whose bounding box overlaps the light's can touch it. (path, light) pairs with
+    more such chunks are tested against every piece (``preselect.complete``): exact."""
+    rects, rect_mask, discs, disc_mask = corridor
+    num_p, num_r = rect_mask.shape
+    num_l = polys.shape[0]
+    chunks = -(-num_r // CORRIDOR_CHUNK)
+    pad = chunks * CORRIDOR_CHUNK - num_r
+
+    def chunked(x):
+        widths = ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)
+        return jnp.pad(x, widths).reshape((num_p, chunks, CORRIDOR_CHUNK) + x.shape[2:])
+
+    rects_c, mask_c, discs_c, disc_mask_c = (chunked(x) for x in corridor)
+    inf, w = jnp.float32(jnp.inf), geometry.EGO_HALF_WIDTH
+    # Chunk bounds, widened by a millimetre against rounding (a superset stays exact).
+    lo = jnp.minimum(jnp.where(mask_c[..., None], rects_c.min(-2), inf).min(-2),
+                     jnp.where(disc_mask_c[..., None], discs_c - w, inf).min(-2)) - 1e-3
+    hi = jnp.maximum(jnp.where(mask_c[..., None], rects_c.max(-2), -inf).max(-2),
+                     jnp.where(disc_mask_c[..., None], discs_c + w, -inf).max(-2)) + 1e-3
+    overlap = preselect.boxes_overlap(lo[:, None], hi[:, None], polys.min(-2)[None, :, None],
+                                      polys.max(-2)[None, :, None])               # [P,L,chunks]
+    capacity = min(CORRIDOR_LIGHT_CHUNK_CAPACITY, chunks)
+    index, slot_valid, overflow = preselect.first_true(overlap, capacity)          # [P,L,C]
+    p_idx = jnp.arange(num_p)[:, None, None]
+    sel = [x[p_idx, index] for x in (rects_c, mask_c, discs_c, disc_mask_c)]       # [P,L,C,G..]
+    sel[1] = sel[1] & slot_valid[..., None]
+    sel[3] = sel[3] & slot_valid[..., None]
+    hit = _pieces_touch_lights(*sel, edges[None, :, None, None]).any((-1, -2))     # [P,L]
+
+    def every_piece(i):                                                            # rows of [P*L]
+        p, light = i // num_l, i % num_l
+        return _pieces_touch_lights(rects[p], rect_mask[p], discs[p], disc_mask[p],
+                                    edges[light][:, None]).any(-1)
+    return preselect.complete(overflow.reshape(-1), hit.reshape(-1), every_piece,
+                              CORRIDOR_LIGHT_FALLBACK_ROWS).reshape(num_p, num_l)
 
 
 def _in_corridor(corridor, boxes, present):
@@ -231,6 +298,39 @@ def _box_frames(obs: Observation, steps):
     return jnp.moveaxis(obs.agent_center[:, steps], 0, 1), axis, half
 
 
+def _red_light_distances(ego_c, heading, ahead_red, red_polys, red_edges):
+    """Distances from the ego boxes to the red lights ahead of them, packed: ego_c [P,n,2],
+    heading [P,n], ahead_red [P,n,L], red_polys [L,V,2], red_edges [L,V,6] -> [P,n,C] (C =
+    ``RED_LIGHT_LEAD_CAPACITY``; +inf in unused slots).
+
+    The exact rings are long (tens of vertices), and few lights are red and ahead on a path:
+    only the first C of each row are measured, in light order. A row with more lights ahead
+    is redone against all of them (``preselect.complete``) and keeps their least distance in
+    slot 0. Either way the least finite value is the least distance to a light ahead, and a tie
+    with an agent still goes to the agent (agents come first in the lead argmin), so the lead
+    row is that of measuring every light."""
+    num_p, num_n, num_l = ahead_red.shape
+    rows = ahead_red.reshape(num_p * num_n, num_l)
+    c = ego_c.reshape(-1, 2)
+    h = heading.reshape(-1)
+    capacity = min(RED_LIGHT_LEAD_CAPACITY, num_l)
+    pick, valid, overflow = preselect.first_true(rows, capacity)                   # [M,C]
+    d = geometry.box_polygon_distance(c[:, None], h[:, None], geometry.EGO_HALF_LENGTH,
+                                      geometry.EGO_HALF_WIDTH, red_polys[pick],
+                                      red_edges[pick])                              # [M,C]
+    d = jnp.where(valid, d, jnp.inf)
+    if capacity < num_l:
+        def every_light(i):
+            d_all = geometry.box_polygon_distance(
+                c[i][:, None], h[i][:, None], geometry.EGO_HALF_LENGTH,
+                geometry.EGO_HALF_WIDTH, red_polys[None], red_edges[None])         # [M,L]
+            least = jnp.where(rows[i], d_all, jnp.inf).min(-1)
+            return jnp.full((i.shape[0], capacity), jnp.inf).at[:, 0].set(least)
+
+        d = preselect.complete(overflow, d, every_light, RED_LIGHT_LEAD_FALLBACK_ROWS)
+    return d.reshape(num_p, num_n, capacity)
+
+
 def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation, step):
     """Lead-agent rows at even step t for every proposal, with the devkit's vector reuse.
 
@@ -246,11 +346,10 @@ def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation, step):
     ego_half = jnp.array([geometry.EGO_HALF_LENGTH, geometry.EGO_HALF_WIDTH])
     d_box = geometry.box_distance(ego_c[..., None, :], ego_axis[..., None, :], ego_half,
                                   step["centre"], ctx["box_axis"], ctx["box_half"])  # [P,n,A]
-    d_red = geometry.box_polygon_distance(
-        ego_c[..., None, :], pose_prev[..., 2, None], geometry.EGO_HALF_LENGTH,
-        geometry.EGO_HALF_WIDTH, obs.red_polygons, ctx["red_edges"])               # [P,n,L]
-    ahead = jnp.concatenate([ahead_box, ahead_red], -1)
-    d_all = jnp.where(ahead, jnp.concatenate([d_box, d_red], -1), jnp.inf)       # [P,n,A+L]
+    d_red = _red_light_distances(ego_c, pose_prev[..., 2], ahead_red, obs.red_polygons,
+                                 ctx["red_edges"])                             # [P,n,C]
+    ahead = jnp.concatenate([ahead_box, jnp.isfinite(d_red)], -1)
+    d_all = jnp.where(ahead, jnp.concatenate([d_box, d_red], -1), jnp.inf)       # [P,n,A+C]
     # argmin (first on ties) as two int32 reductions over the distances' bit patterns (order
     # preserving for non-negative floats): several times cheaper than a variadic argmin.
     key = jax.lax.bitcast_convert_type(d_all, jnp.int32)
@@ -338,18 +437,8 @@ def pdm_closed_details(scene: types.Scene) -> dict:
     corridor = jax.vmap(lambda p, s: _corridor(p, valid, s, s + horizon))(paths, s0)
     rects, rect_mask, discs, disc_mask = corridor
     red_polys = obs.red_polygons
-    red_edges = geometry.edge_table(red_polys)
-    along, across = rects[..., 0, :] - rects[..., 1, :], rects[..., 0, :] - rects[..., 3, :]
-    rect_len = jnp.sqrt(along[..., 0] ** 2 + along[..., 1] ** 2)
-    rect_axis = jnp.where(rect_len[..., None] > 0,
-                          along / jnp.where(rect_len > 0, rect_len, 1.0)[..., None],
-                          jnp.array([1.0, 0.0]))
-    red_hits = geometry.box_axis_intersects_polygon(
-        rects.mean(-2)[:, :, None], rect_axis[:, :, None], 0.5 * rect_len[:, :, None],
-        0.5 * jnp.sqrt(across[..., 0] ** 2 + across[..., 1] ** 2)[:, :, None],
-        red_edges)                                                                  # [P,R,L]
-    red_near = _polygons_near_discs(discs[:, :, None], red_edges)                   # [P,R,L]
-    red_in = ((red_hits & rect_mask[..., None]) | (red_near & disc_mask[..., None])).any(1)
+    red_edges = preselect.materialize(geometry.edge_table(red_polys))
+    red_in = _lights_in_corridor(corridor, red_polys, red_edges)                     # [P,L]
     red_c = jax.vmap(polygon_centroid)(red_polys)
     red_prog = jax.vmap(lambda p: geometry.polyline_project(red_c, p, valid)[0])(paths)
     # Everything about the objects that does not depend on the IDM state, for all even steps
