@@ -472,5 +472,20 @@ def reward(model: RewardModel, params, scene: types.Scene, trajs,
     return pred.reward(jnp.asarray(scene.has_previous, jnp.float32))
 
 
+def prediction_outputs(model: RewardModel, params, scene: types.Scene, trajs, tokens,
+                       labels: types.SubScores) -> dict:
+    """The RWM's predictions of candidates trajs [B,K,8,3] next to their labels, as
+    ``train.rwm_quality.quality_metrics`` reads them: reward, true [B,K], binary_prob [B,K,6],
+    nc_prob / ddc_prob [B,K,3], ep_pred, ec_weight [B,K], y_<sub-score> [B,K]."""
+    pred = apply(model, params, scene, trajs, tokens)
+    out = dict(reward=pred.reward(labels.ec_weight), true=labels.epdms(),
+               binary_prob=jax.nn.sigmoid(pred.binary_logits),
+               nc_prob=jax.nn.softmax(pred.nc_logits, -1),
+               ddc_prob=jax.nn.softmax(pred.ddc_logits, -1),
+               ep_pred=jax.nn.sigmoid(pred.ep_logit), ec_weight=labels.ec_weight)
+    out.update({f"y_{n}": getattr(labels, n) for n in types.SUBSCORE_NAMES})
+    return out
+
+
 def num_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

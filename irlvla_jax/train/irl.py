@@ -276,22 +276,6 @@ def _jit_shared(fn):
     return _JITTED[fn]
 
 
-def prediction_outputs(model: rwm_lib.RewardModel, params, scene, trajs, source, tokens,
-                       labels: types.SubScores) -> dict:
-    """The RWM's predictions of candidates trajs [B,K,8,3] next to their labels, as
-    ``rwm_quality.quality_metrics`` reads them: reward, true [B,K], binary_prob [B,K,6],
-    nc_prob / ddc_prob [B,K,3], ep_pred, ec_weight [B,K], y_<sub-score> [B,K]."""
-    del source
-    pred = rwm_lib.apply(model, params, scene, trajs, tokens)
-    out = dict(reward=pred.reward(labels.ec_weight), true=labels.epdms(),
-               binary_prob=jax.nn.sigmoid(pred.binary_logits),
-               nc_prob=jax.nn.softmax(pred.nc_logits, -1),
-               ddc_prob=jax.nn.softmax(pred.ddc_logits, -1),
-               ep_pred=jax.nn.sigmoid(pred.ep_logit), ec_weight=labels.ec_weight)
-    out.update({f"y_{n}": getattr(labels, n) for n in types.SUBSCORE_NAMES})
-    return out
-
-
 def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
                    policy_fn: PolicyFn | None = None):
     """(params, frozen, scene [B], rng) -> dict of arrays: reward, true [B,K], probs of the
@@ -304,7 +288,7 @@ def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = score
     cands = make_candidates_fn(config, policy_fn)
 
     def predict(params, scene, trajs, source, tokens, labels):
-        out = prediction_outputs(model, params, scene, trajs, source, tokens, labels)
+        out = rwm_lib.prediction_outputs(model, params, scene, trajs, tokens, labels)
         return dict(out, source=source, trajs=trajs)
 
     def step(params, frozen, scene, rng):

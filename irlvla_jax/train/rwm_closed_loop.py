@@ -56,10 +56,9 @@ def held_expert(scene: types.Scene) -> jax.Array:
 def make_step(config, policy_model: policy_lib.VLAPolicy,
               rwms: Mapping[str, rwm_lib.RewardModel], steps: int, label_fn=scorer_labels):
     """(policy_vars, vocab [M,8,3], rwm_params {name: params}, scene [B], rng) -> dict of
-    [steps, ...] arrays: per RWM name the ``irl.prediction_outputs`` (reward, true, probs,
-    labels), ``source`` [steps, K] and the candidates ``trajs`` [steps, B, K, 8, 3] (each in
-    its step's ego frame). Not jitted (see :func:`evaluate`)."""
-    from irlvla_jax.train import irl
+    [steps, ...] arrays: per RWM name its predictions next to the labels
+    (``reward_model.prediction_outputs``), ``source`` [steps, K] and the candidates ``trajs``
+    [steps, B, K, 8, 3] (each in its step's ego frame). Not jitted (see :func:`evaluate`)."""
     icfg = config.irl
 
     def step(policy_vars, vocab, rwm_params, scene, rng):
@@ -83,8 +82,8 @@ def make_step(config, policy_model: policy_lib.VLAPolicy,
             # EC is labelled on the logged frame only (see the module docstring).
             labelled = scn.replace(has_previous=scn.has_previous & (t == 0))
             labels = label_fn(labelled, trajs)
-            out = {name: irl.prediction_outputs(m, rwm_params[name], labelled, trajs, source,
-                                                tokens, labels)
+            out = {name: rwm_lib.prediction_outputs(m, rwm_params[name], labelled, trajs,
+                                                    tokens, labels)
                    for name, m in rwms.items()}
             out["source"], out["trajs"] = source, trajs
             # the policy's plan is executed for 0.5 s and the world moves on (stage 3's step)
