@@ -235,7 +235,8 @@ def run(config, workdir: str) -> dict:
     table, plans = evaluate_planners(planners, scenes, metas=metas)
     result = {"split": config.data.eval_split, "policies": table,
               "privileged_inputs": privileged_inputs(config, policies)}
-    warn_privileged("eval", result["privileged_inputs"].get("il_policy", {}).get("policy", []))
+    # every trained policy reads config.model's inputs
+    warn_privileged("eval", next(iter(result["privileged_inputs"].values()))["policy"])
     # Baselines first, the trained policies last: the last plan is drawn on top.
     result["bev"] = save_bev_examples(os.path.join(out_dir, "bev"), scenes,
                                       {k: v for k, v in plans.items() if k != "human"})

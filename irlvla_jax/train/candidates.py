@@ -112,6 +112,13 @@ def perturb_expert(expert, rng: jax.Array, num: int, cfg: Mapping[str, Any]):
     return jnp.select([(kind == i)[None, :, None, None] for i in range(len(outs))], outs)
 
 
+def top_modes(chain, num: int) -> jax.Array:
+    """[B,num,8,3] the trajectories of a sampled chain's ``num`` modes the classifier ranks
+    highest (the policy-sample candidates)."""
+    top = jnp.argsort(-chain.mode_logits, axis=-1)[:, :num]
+    return jnp.take_along_axis(chain.trajs, top[..., None, None], axis=1)
+
+
 def make_candidates(expert, vocab, policy_trajs, rng: jax.Array, num_vocab: int,
                     num_perturb: int, perturb_cfg: Mapping[str, Any]):
     """Assemble the K candidates of each scene.

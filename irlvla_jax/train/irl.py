@@ -384,8 +384,7 @@ def make_policy_fn(policy_model, num: int):
         if num == 0:
             return None, jax.lax.stop_gradient(tokens)
         chain = policy_lib.plan(policy_model, variables, tokens, rng, stochastic=True)
-        top = jnp.argsort(-chain.mode_logits, axis=-1)[:, :num]
-        trajs = jnp.take_along_axis(chain.trajs, top[..., None, None], axis=1)
+        trajs = cand_lib.top_modes(chain, num)
         return jax.lax.stop_gradient(trajs), jax.lax.stop_gradient(tokens)
     return fn
 
@@ -450,8 +449,8 @@ def run(config, workdir: str) -> dict:
     result["train_label_means"] = means
     result["privileged_inputs"] = list(rwm_lib.privileged_inputs(config.rwm))
     steps = int(icfg.get("closed_loop_steps", 0))
+    from irlvla_jax.train import rwm_closed_loop
     if steps > 0:
-        from irlvla_jax.train import rwm_closed_loop
         result["closed_loop"] = rwm_closed_loop.evaluate(
             config, policy_model, policy_vars, {"rwm": (model, state.params)},
             _eval_batches(config, limit), jax.random.fold_in(k_eval, 1), steps,
@@ -463,7 +462,6 @@ def run(config, workdir: str) -> dict:
                               result["mean_baseline"].get(n)} for n in names},
                          ["rwm", "mean_baseline"])
     if steps > 0:
-        from irlvla_jax.train import rwm_closed_loop
         tracking.print_table("RWM in closed loop (planning step T; T1 = the logged frame)",
                              result["closed_loop"], rwm_closed_loop.TABLE_COLUMNS)
     return result

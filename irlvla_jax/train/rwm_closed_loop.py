@@ -74,10 +74,9 @@ def make_step(config, policy_model: policy_lib.VLAPolicy,
             tokens = jax.lax.cond(t == 0, lambda: tokens0, lambda: observe(scn, pose))
             k_plan, k_cand = jax.random.split(key)
             chain = policy_lib.plan(policy_model, policy_vars, tokens, k_plan, stochastic=True)
-            top = jnp.argsort(-chain.mode_logits, axis=-1)[:, : icfg.num_policy]
-            policy_trajs = jnp.take_along_axis(chain.trajs, top[..., None, None], axis=1)
+            policy_trajs = cand_lib.top_modes(chain, icfg.num_policy) if icfg.num_policy else None
             trajs, source = cand_lib.make_candidates(
-                held_expert(scn), vocab, policy_trajs if icfg.num_policy else None, k_cand,
+                held_expert(scn), vocab, policy_trajs, k_cand,
                 icfg.num_vocab, icfg.num_perturb, icfg.perturb)
             # EC is labelled on the logged frame only (see the module docstring).
             labelled = scn.replace(has_previous=scn.has_previous & (t == 0))
