@@ -205,6 +205,11 @@ def get_config() -> ml_collections.ConfigDict:
         # hand-written per-waypoint tests against ground truth (box overlap with the logged
         # agents, red connectors, off-road, lane distance): privileged, off by default
         interaction=False,
+        # sensor features along each candidate: the policy's BEV feature map (tokens.bev_map)
+        # read at every waypoint's footprint corners, centre and 1 s-lookahead point
+        bev_sampling=False,
+        bev_sample_dim=32,         # width of the sampler's conv over the BEV map
+        bev_range_m=m.bev.get_ref("range_m"),   # the BEV map's [-r, r]^2 (its layout)
         dtype="float32",
     ))
     c.irl = ml_collections.ConfigDict(dict(
@@ -228,6 +233,13 @@ def get_config() -> ml_collections.ConfigDict:
         # the RWM's held-out quality also at planning steps T = 1 .. this of a stage-3 episode
         # of the IL policy (train/rwm_closed_loop.py; 0: off)
         closed_loop_steps=4,
+        # closed-loop training states: each scene first drives a uniform 0 .. this many planning
+        # steps of a stage-3 episode of the IL policy (candidates + labels at the state reached,
+        # tokens re-observed; train/rwm_closed_loop.advance; 0: logged frames only)
+        closed_loop_train_steps=0,
+        # auxiliary loss: the BEV sampler's features decoded into the BEV-semantic label
+        # (a training target, never an input; needs rwm.bev_sampling; 0: off)
+        bev_seg_weight=0.0,
     ))
     # --- ppo: stage 3, DPPO in closed loop inside the RWM (irlvla_jax/train/ppo.py,
     #     rollout.py, advantages.py) ---------------------------------------------------------

@@ -96,9 +96,10 @@ def test_policy_tokens_encoder_is_frozen():
 
 
 def _tokens(seed, d=16):
-    ks = jax.random.split(jax.random.PRNGKey(seed), 5)
+    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
     return SceneTokens(meta=jax.random.normal(ks[4], (B, 2, d)), meta_logits=None,
-                       bev=jax.random.normal(ks[0], (B, 6, d)), bev_map=None,
+                       bev=jax.random.normal(ks[0], (B, 6, d)),
+                       bev_map=jax.random.normal(ks[5], (B, 8, 8, 8)),
                        map=jax.random.normal(ks[1], (B, 4, d)),
                        map_valid=jnp.ones((B, 4), bool), obj=jax.random.normal(ks[2], (B, 3, d)),
                        ego_status=jax.random.normal(ks[3], (B, 20)))
@@ -243,3 +244,43 @@ def test_interaction_features_reach_the_heads():
     pred = jax.jit(lambda p, s, t: R.apply(model, p, s, t))(params, scene, trajs)
     assert pred.binary_logits.shape == (B, K, len(R.BINARY_METRICS))
     assert params["inter_embed"]["fc1"]["kernel"].shape[0] == R.INTERACTION_DIM
+
+
+# ----------------------------------------------------------------------------------------------
+def test_sample_bev_inverts_the_bev_layout():
+    """A map whose features are its own cell centres reads back the sampled points (bilinear is
+    exact on a linear field); points off the map read 0 and are flagged."""
+    from irlvla_jax.models import bev as bev_lib
+    centres = jnp.asarray(bev_lib.bev_cell_centers((16, 16), 32.0))[None]      # [1,16,16,2]
+    pts = jnp.asarray([[[3.3, -7.1], [20.0, 10.0], [-29.0, 29.0], [40.0, 0.0]]])
+    f, inside = R.sample_bev(centres, pts, 32.0)
+    np.testing.assert_allclose(f[0, :3], pts[0, :3], atol=1e-4)
+    np.testing.assert_array_equal(f[0, 3], [0.0, 0.0])
+    np.testing.assert_array_equal(inside[0], [True, True, True, False])
+
+
+def test_bev_sampling_reads_the_map_under_the_plan_only():
+    """With ``bev_sampling`` a candidate's predictions move when the BEV feature map changes
+    under its footprint and stay bit-identical when it changes where no candidate goes (the
+    scene tokens are unchanged here); the sampler's auxiliary BEV-class decoder has the label's
+    raster shape."""
+    cfg = rwm_cfg("policy")
+    cfg.update(bev_sampling=True, bev_sample_dim=8, bev_range_m=32.0)
+    model = R.RewardModel(cfg)
+    scene, tokens = batch_scene(), _tokens(5)
+    params = R.init_params(model, scene, jax.random.PRNGKey(0), policy_tokens=tokens)
+    leaves, tdef = jax.tree.flatten(params)     # bev_embed's output layer starts at zero
+    params = jax.tree.unflatten(tdef, [x + 0.05 * jax.random.normal(jax.random.PRNGKey(i),
+                                                                    x.shape)
+                                       for i, x in enumerate(leaves)])
+    t = 0.5 * np.arange(1, 9)
+    trajs = jnp.asarray(np.broadcast_to(np.stack([2.0 * t, 0 * t, 0 * t], -1), (B, K, 8, 3)))
+    apply = jax.jit(lambda bm: R.apply(model, params, scene, trajs, tokens.replace(bev_map=bm)))
+    base = apply(tokens.bev_map)
+    # 8 x 8 cells of 8 m: the plan (x 0 .. 12 m, |y| < 1.2 m) lies in rows 2..3, columns 3..4
+    far = apply(tokens.bev_map.at[:, 6:, :].add(1.0))                 # x < -16 m: behind
+    np.testing.assert_array_equal(np.asarray(far.ep_logit), np.asarray(base.ep_logit))
+    near = apply(tokens.bev_map.at[:, 2:4, 3:5].add(1.0))
+    assert np.abs(np.asarray(near.ep_logit) - np.asarray(base.ep_logit)).min() > 1e-4
+    seg = R.bev_seg_logits(model, params, tokens, (16, 16))
+    assert seg.shape == (B, 16, 16, len(R.types.BEV_CLASSES))

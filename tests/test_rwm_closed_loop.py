@@ -93,3 +93,29 @@ def test_evaluate_reports_each_step(run):
     for row in res["sensor"].values():
         assert row["num_scenes"] == B and 0.0 <= row["true_epdms_mean"] <= 1.0
         assert np.isfinite(row["mae_epdms"]) and "spearman" in row and "regret" in row
+
+
+def test_advance_moves_each_scene_its_drawn_number_of_steps(run):
+    """``advance`` (stage 2's closed-loop training states): rows drawn 0 moves keep the logged
+    frame exactly (tokens = the policy's encoding, EC still labelled); moved rows see the ego
+    moved (history shifted, EC unlabelled) and re-observed tokens."""
+    from irlvla_jax.models import policy as policy_lib
+    model, variables, scene = run["model"], run["pv"], run["scene"]
+    fn = jax.jit(lambda v, s, r: rcl.advance(model, v, s, r, 2))
+    for seed in range(12):
+        tokens, moved, moves = fn(variables, scene, jax.random.PRNGKey(seed))
+        if 0 < int((np.asarray(moves) == 0).sum()) < len(moves):
+            break
+    moves = np.asarray(moves)
+    assert set(moves.tolist()) <= {0, 1, 2} and (moves == 0).any() and (moves > 0).any()
+    still, went = moves == 0, moves > 0
+    enc = policy_lib.encode(model, variables, scene)
+    np.testing.assert_allclose(np.asarray(tokens.bev_map)[still], np.asarray(enc.bev_map)[still],
+                               atol=1e-6)
+    assert not np.allclose(np.asarray(tokens.bev_map)[went], np.asarray(enc.bev_map)[went])
+    np.testing.assert_array_equal(np.asarray(moved.ego_history)[still],
+                                  np.asarray(scene.ego_history)[still])
+    assert not np.allclose(np.asarray(moved.ego_history)[went], np.asarray(scene.ego_history)[went])
+    np.testing.assert_array_equal(np.asarray(moved.has_previous)[still],
+                                  np.asarray(scene.has_previous)[still])
+    assert not np.asarray(moved.has_previous)[went].any()

@@ -80,10 +80,12 @@ def privileged_inputs(rwm_cfg) -> tuple[str, ...]:
 @flax.struct.dataclass
 class SceneContext:
     """Encoded scene, shared by all candidates. tokens [B,N,D], valid [B,N] bool; geometry:
-    the raw fields :func:`interaction_features` needs (:func:`scene_geometry`), or None."""
+    the raw fields :func:`interaction_features` needs (:func:`scene_geometry`), or None;
+    bev_map [B,H,W,C]: the policy's BEV feature map (``rwm.bev_sampling``), or None."""
     tokens: Any
     valid: Any
     geometry: Any = None
+    bev_map: Any = None
 
 
 @flax.struct.dataclass
@@ -268,6 +270,85 @@ def interaction_features(geom: dict, trajs):
                       oncoming.astype(f32), off_centre], -1)
 
 
+# Trajectory-conditioned sensor features (``cfg.bev_sampling``): the policy's BEV feature map
+# read at the plan's own positions.
+#: Points of the ego footprint read per waypoint: its 4 corners (FL, RL, RR, FR), its centre,
+#: and the centre 1 s ahead at the waypoint's speed (what the next second drives into).
+BEV_SAMPLE_POINTS = ("front_left", "rear_left", "rear_right", "front_right", "centre", "ahead_1s")
+LOOKAHEAD_S = 1.0
+
+
+def footprint_points(trajs):
+    """trajs [...,8,3] (rear-axle poses, ego frame) -> [...,8,P,2] the ego-frame points of
+    ``BEV_SAMPLE_POINTS`` at each waypoint (speed by finite differences from the origin)."""
+    trajs = trajs.astype(jnp.float32)
+    corners = geo.ego_corners(trajs)                                       # [...,8,4,2]
+    centre = geo.ego_center(trajs)                                         # [...,8,2]
+    prev = jnp.concatenate([jnp.zeros_like(trajs[..., :1, :2]), trajs[..., :-1, :2]], -2)
+    speed = jnp.linalg.norm(trajs[..., :2] - prev, axis=-1) / PLAN_DT
+    h = trajs[..., 2]
+    ahead = centre + (LOOKAHEAD_S * speed)[..., None] * jnp.stack([jnp.cos(h), jnp.sin(h)], -1)
+    return jnp.concatenate([corners, centre[..., None, :], ahead[..., None, :]], -2)
+
+
+def sample_bev(bev_map, points, range_m: float):
+    """Bilinear read of a BEV feature map at ego-frame points.
+
+    bev_map [B,H,W,C] (layout of ``bev.bev_cell_centers`` over [-r, r]^2: row 0 = x = +r
+    ahead, column 0 = y = +r left, as ``rollout.warp_bev`` inverts it); points [B,...,2] ->
+    (features [B,...,C], inside [B,...] bool). Points off the map read 0 (as the warp's).
+    """
+    b, h, w, c = bev_map.shape
+    pts = points.reshape(b, -1, 2).astype(jnp.float32)
+    row = (range_m - pts[..., 0]) * (h / (2 * range_m)) - 0.5
+    col = (range_m - pts[..., 1]) * (w / (2 * range_m)) - 0.5
+    r0, c0 = jnp.floor(row), jnp.floor(col)
+    flat = bev_map.reshape(b, h * w, c).astype(jnp.float32)
+    out = jnp.zeros((*pts.shape[:2], c), jnp.float32)
+    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        ri, ci = r0 + dr, c0 + dc
+        wgt = (1.0 - jnp.abs(row - ri)) * (1.0 - jnp.abs(col - ci))
+        ok = (ri >= 0) & (ri <= h - 1) & (ci >= 0) & (ci <= w - 1)
+        idx = (jnp.clip(ri, 0, h - 1) * w + jnp.clip(ci, 0, w - 1)).astype(jnp.int32)
+        val = jnp.take_along_axis(flat, idx[..., None], axis=1)
+        out = out + jnp.where(ok, wgt, 0.0)[..., None] * val
+    inside = (jnp.abs(pts[..., 0]) < range_m) & (jnp.abs(pts[..., 1]) < range_m)
+    return out.reshape(*points.shape[:-1], c), inside.reshape(points.shape[:-1])
+
+
+class BEVSampler(nn.Module):
+    """Per-waypoint sensor features along a candidate: a 3x3 conv + GELU over the policy's BEV
+    feature map (the shape of the policy's own BEV-segmentation head, so road / walkway /
+    vehicle evidence is one linear read away), read bilinearly at the ego footprint's corners,
+    centre and 1 s-lookahead point of every waypoint (``footprint_points``), with an "on the
+    map" flag per point -> [B,K,8,P*(C+1)]. ``seg_logits`` decodes the same conv features into
+    the BEV classes (the optional auxiliary loss ``irl.bev_seg_weight`` against the scene's
+    BEV-semantic label: a training label, never an input)."""
+    dim: int
+    range_m: float
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.conv = nn.Conv(self.dim, (3, 3), padding="SAME", dtype=self.dtype, name="conv")
+        self.seg_out = nn.Dense(len(types.BEV_CLASSES), dtype=jnp.float32, name="seg_out")
+
+    def features(self, bev_map):
+        return nn.gelu(self.conv(bev_map.astype(self.dtype))).astype(jnp.float32)
+
+    def __call__(self, bev_map, trajs):
+        """bev_map [B,H,W,Cb], trajs [B,K,8,3] -> [B,K,8,P*(dim+1)]."""
+        f, inside = sample_bev(self.features(bev_map), footprint_points(trajs), self.range_m)
+        x = jnp.concatenate([f, inside[..., None].astype(jnp.float32)], -1)   # [B,K,8,P,C+1]
+        return x.reshape(*x.shape[:-2], -1)
+
+    def seg_logits(self, bev_map, hw):
+        """bev_map [B,H,W,Cb] -> [B,*hw,len(BEV_CLASSES)] (bilinear upsampling, as the
+        policy's map head)."""
+        f = self.features(bev_map)
+        f = jax.image.resize(f, (f.shape[0], *hw, f.shape[-1]), "linear")
+        return self.seg_out(f)
+
+
 def _pose_feats(p):
     """[...,3] -> [...,4] (x/50, y/50, cos h, sin h)."""
     return jnp.concatenate([p[..., :2] / POS_SCALE_M, jnp.cos(p[..., 2:3]), jnp.sin(p[..., 2:3])],
@@ -350,6 +431,10 @@ class RewardModel(nn.Module):
         if d % heads:
             raise ValueError(f"config.rwm.d_model={d} is not a multiple of num_heads={heads}")
         self.dt = dt
+        self.bev_sampling = bool(cfg.get("bev_sampling", False))
+        if self.bev_sampling and cfg.scene_encoder != "policy":
+            raise ValueError("config.rwm.bev_sampling reads the policy's BEV feature map: it "
+                             "needs scene_encoder='policy'")
         names = (("agents", "polygons", "centerline", "red_lights", "lanes", "ego")
                  if cfg.scene_encoder == "privileged" else ("meta", "bev", "map", "obj", "ego"))
         self.entity_names = names
@@ -361,6 +446,10 @@ class RewardModel(nn.Module):
         self.traj_embed = layers.MLP(2 * d, d, dtype=dt, name="traj_embed")
         if cfg.get("interaction", False):
             self.inter_embed = _ZeroInitMLP(2 * d, d, dtype=dt, name="inter_embed")
+        if self.bev_sampling:
+            self.bev_sampler = BEVSampler(int(cfg.get("bev_sample_dim", 32)),
+                                          float(cfg.bev_range_m), dtype=dt, name="bev_sampler")
+            self.bev_embed = _ZeroInitMLP(2 * d, d, dtype=dt, name="bev_embed")
         self.time_embed = self.param("time_embed", nn.initializers.normal(0.02),
                                      (types.PLAN_LEN, d))
         self.self_blocks = [layers.TransformerBlock(heads, heads, d // heads, mlp, dtype=dt,
@@ -403,7 +492,15 @@ class RewardModel(nn.Module):
         for blk in self.scene_blocks:
             x = blk(x, mask)
         geom = scene_geometry(scene) if self.cfg.get("interaction", False) else None
-        return SceneContext(tokens=x, valid=valid, geometry=geom)
+        bev_map = None
+        if self.bev_sampling:
+            if policy_tokens.bev_map is None:
+                raise ValueError("RewardModel: config.rwm.bev_sampling needs the policy's BEV "
+                                 "feature map (SceneTokens.bev_map)")
+            bev_map = jax.lax.stop_gradient(policy_tokens.bev_map)
+            if self.is_initializing():      # create the auxiliary decoder's parameters too
+                self.bev_sampler.seg_logits(bev_map, bev_map.shape[1:3])
+        return SceneContext(tokens=x, valid=valid, geometry=geom, bev_map=bev_map)
 
     # -- candidates ------------------------------------------------------------------------
     def score_candidates(self, ctx: SceneContext, trajs) -> Predictions:
@@ -418,6 +515,8 @@ class RewardModel(nn.Module):
                 raise ValueError("RewardModel: config.rwm.interaction needs the scene geometry "
                                  "in the SceneContext (encode it with this model)")
             x = x + self.inter_embed(interaction_features(ctx.geometry, trajs).astype(self.dt))
+        if self.bev_sampling:
+            x = x + self.bev_embed(self.bev_sampler(ctx.bev_map, trajs).astype(self.dt))
         x = x + self.time_embed.astype(self.dt)                           # [B,K,8,D]
         d = x.shape[-1]
         mask = layers.key_padding_mask(ctx.valid)
@@ -429,6 +528,11 @@ class RewardModel(nn.Module):
         three = self.head_3class(h)
         return Predictions(nc_logits=three[..., :3], ddc_logits=three[..., 3:],
                            binary_logits=self.head_binary(h), ep_logit=self.head_ep(h)[..., 0])
+
+    def bev_seg_logits(self, policy_tokens: SceneTokens, hw) -> jax.Array:
+        """The sampler's features decoded into BEV classes [B,*hw,7] (auxiliary training
+        target only; needs ``rwm.bev_sampling``)."""
+        return self.bev_sampler.seg_logits(jax.lax.stop_gradient(policy_tokens.bev_map), hw)
 
     def __call__(self, scene: types.Scene, trajs, policy_tokens: SceneTokens | None = None
                  ) -> Predictions:
@@ -463,6 +567,12 @@ def encode_scene(model: RewardModel, params, scene: types.Scene,
 def score_candidates(model: RewardModel, params, ctx: SceneContext, trajs) -> Predictions:
     """SceneContext [B,N,D], trajs [B,K,8,3] -> Predictions [B,K]."""
     return model.apply({"params": params}, ctx, trajs, method=RewardModel.score_candidates)
+
+
+def bev_seg_logits(model: RewardModel, params, policy_tokens: SceneTokens, hw) -> jax.Array:
+    """The BEV sampler's features decoded into BEV classes [B,*hw,7] (``rwm.bev_sampling``)."""
+    return model.apply({"params": params}, policy_tokens, tuple(hw),
+                       method=RewardModel.bev_seg_logits)
 
 
 def reward(model: RewardModel, params, scene: types.Scene, trajs,

@@ -112,6 +112,17 @@ def perturb_expert(expert, rng: jax.Array, num: int, cfg: Mapping[str, Any]):
     return jnp.select([(kind == i)[None, :, None, None] for i in range(len(outs))], outs)
 
 
+def held_expert(scene: types.Scene) -> jax.Array:
+    """[B,8,3] the logged expert plan from the current pose; poses past the end of the log
+    (invalid after the world was shifted) hold the last logged pose (the origin if none)."""
+    fut = scene.expert_future[:, : types.PLAN_LEN]
+    valid = scene.expert_future_valid[:, : types.PLAN_LEN].astype(bool)
+    idx = jnp.broadcast_to(jnp.arange(types.PLAN_LEN), valid.shape)
+    last = jax.lax.cummax(jnp.where(valid, idx, -1), axis=1)
+    held = jnp.take_along_axis(fut, jnp.maximum(last, 0)[..., None], axis=1)
+    return jnp.where((last >= 0)[..., None], held, 0.0)
+
+
 def top_modes(chain, num: int) -> jax.Array:
     """[B,num,8,3] the trajectories of a sampled chain's ``num`` modes the classifier ranks
     highest (the policy-sample candidates)."""

@@ -148,6 +148,18 @@ def irl_loss(reward, true_epdms, source, cfg: Mapping[str, Any]):
                       irl_pairs=jnp.sum(pf))
 
 
+def bev_seg_loss(model: rwm_lib.RewardModel, params, tokens, scene: types.Scene, logged=None):
+    """Auxiliary loss of the RWM's BEV sampler (``irl.bev_seg_weight``): its features decoded
+    into the scene's BEV-semantic raster (a training label, never an RWM input) -> mean CE []
+    over the rows at their logged frame (``logged`` [B]; the raster is not moved with the ego)."""
+    target = scene.bev_semantic.astype(jnp.int32)                       # [B,h,w]
+    logits = rwm_lib.bev_seg_logits(model, params, tokens, target.shape[1:3])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    ce = -jnp.mean(jnp.take_along_axis(logp, target[..., None], -1)[..., 0], (1, 2))   # [B]
+    w = jnp.ones_like(ce) if logged is None else logged.astype(jnp.float32)
+    return _weighted_mean(ce, w)
+
+
 def label_statistics(labels: types.SubScores):
     """Means the 'training mean' baseline needs: each sub-score's mean and the 3-class
     frequencies. labels [B,K] -> dict of [] (EC over scenes where it counts)."""
@@ -168,20 +180,31 @@ PolicyFn = Callable[[Any, types.Scene, jax.Array], tuple[jax.Array, Any]]
 
 
 def make_candidates_fn(config, policy_fn: PolicyFn | None):
-    """(frozen, scene [B], rng) -> (trajs [B,K,8,3], source [K], policy tokens or None)."""
+    """(frozen, scene [B], rng) -> (trajs [B,K,8,3], source [K], policy tokens or None,
+    scene [B], logged [B] bool).
+
+    ``policy_fn`` may return a third value, the scene it moved the ego into (a closed-loop
+    state: :func:`make_policy_fn` with ``advance_steps``): candidates, labels and the update
+    are then of that state, and ``logged`` says which rows are still at their logged frame."""
     icfg = config.irl
 
     def fn(frozen, scene, rng):
         k_pol, k_cand = jax.random.split(rng)
         policy_trajs, tokens = None, None
+        b = scene.speed_limit.shape[0]
+        logged = jnp.ones((b,), bool)
         if policy_fn is not None and frozen.get("policy") is not None:
-            policy_trajs, tokens = policy_fn(frozen["policy"], scene, k_pol)
-        expert = scene.expert_future[:, : types.PLAN_LEN]
+            out = policy_fn(frozen["policy"], scene, k_pol)
+            policy_trajs, tokens = out[:2]
+            if len(out) > 2:
+                scene, logged = out[2], out[3]
+        expert = cand_lib.held_expert(scene)
         num_perturb = icfg.num_perturb + (icfg.num_policy if policy_trajs is None else 0)
         trajs, source = cand_lib.make_candidates(expert, frozen["vocab"], policy_trajs, k_cand,
                                                  icfg.num_vocab, num_perturb, icfg.perturb)
-        return trajs, source, tokens
+        return trajs, source, tokens, scene, logged
     return fn
+
 
 
 def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scorer_labels,
@@ -201,11 +224,16 @@ def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scor
     """
     icfg = config.irl
     cands = make_candidates_fn(config, policy_fn)
+    seg_weight = float(icfg.get("bev_seg_weight", 0.0))
+    if seg_weight > 0 and not config.rwm.get("bev_sampling", False):
+        raise ValueError("config.irl.bev_seg_weight > 0 trains the RWM's BEV sampler: it needs "
+                         "config.rwm.bev_sampling = True")
 
     def labels_fn(scene, trajs):
         return jax.lax.stop_gradient(label_fn(scene, trajs))
 
-    def update(state: TrainState, scene: types.Scene, trajs, source, tokens, labels):
+    def update(state: TrainState, scene: types.Scene, trajs, source, tokens, labels,
+               logged=None):
         true = labels.epdms()
 
         def loss_fn(params):
@@ -214,19 +242,26 @@ def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scor
             reward = pred.reward(labels.ec_weight)
             irl, irl_metrics = irl_loss(reward, true, source, icfg)
             total = sup + float(icfg.irl_weight) * irl
+            if seg_weight > 0:
+                parts = dict(parts, bev_seg=bev_seg_loss(model, params, tokens, scene, logged))
+                total = total + seg_weight * parts["bev_seg"]
             return total, (parts, irl_metrics, reward)
 
         (loss, (parts, irl_metrics, reward)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
         state = state.apply_gradients(grads)
-        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
+        if logged is not None:
+            metrics_extra = dict(logged_fraction=jnp.mean(logged.astype(jnp.float32)))
+        else:
+            metrics_extra = {}
+        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), **metrics_extra,
                        reward_mae=jnp.mean(jnp.abs(reward - true)), **irl_metrics,
                        **{f"loss/{k}": v for k, v in parts.items()}, **label_statistics(labels))
         return state, metrics
 
     def step(state: TrainState, frozen, scene: types.Scene, rng):
-        trajs, source, tokens = cands(frozen, scene, rng)
-        return update(state, scene, trajs, source, tokens, labels_fn(scene, trajs))
+        trajs, source, tokens, scene, logged = cands(frozen, scene, rng)
+        return update(state, scene, trajs, source, tokens, labels_fn(scene, trajs), logged)
 
     step.candidates, step.labels, step.update = cands, labels_fn, update
     return step
@@ -261,8 +296,8 @@ def jit_train_step(step, mesh=None, fuse: bool = True, state_sharding=None,
         update = jax.jit(step.update, out_shardings=(st, rep), donate_argnums=(0,))
 
     def run(state, frozen, scene, rng):
-        trajs, source, tokens = cands(frozen, scene, rng)
-        return update(state, scene, trajs, source, tokens, labels(scene, trajs))
+        trajs, source, tokens, scene, logged = cands(frozen, scene, rng)
+        return update(state, scene, trajs, source, tokens, labels(scene, trajs), logged)
     return run
 
 
@@ -292,24 +327,26 @@ def make_eval_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = score
         return dict(out, source=source, trajs=trajs)
 
     def step(params, frozen, scene, rng):
-        trajs, source, tokens = cands(frozen, scene, rng)
+        trajs, source, tokens, scene, _ = cands(frozen, scene, rng)
         return predict(params, scene, trajs, source, tokens, label_fn(scene, trajs))
 
     step.candidates, step.labels, step.predict = cands, label_fn, predict
     return step
 
 
-def jit_eval_step(step, fuse: bool = True, train_step=None):
+def jit_eval_step(step, fuse: bool = True, train_step=None, share_candidates: bool = True):
     """jit an eval step as one program, or as parts reusing ``train_step``'s compiled
-    candidate and label programs (same functions and shapes: no second compilation)."""
+    label program and (``share_candidates``: when they are the same function) its candidate
+    program (same functions and shapes: no second compilation)."""
     if fuse:
         return jax.jit(step)
-    cands = _jit_shared(train_step.candidates if train_step is not None else step.candidates)
+    cands = _jit_shared(train_step.candidates if train_step is not None and share_candidates
+                        else step.candidates)
     labels = _jit_shared(train_step.labels if train_step is not None else step.labels)
     predict = jax.jit(step.predict)
 
     def run(params, frozen, scene, rng):
-        trajs, source, tokens = cands(frozen, scene, rng)
+        trajs, source, tokens, scene, _ = cands(frozen, scene, rng)
         return predict(params, scene, trajs, source, tokens, labels(scene, trajs))
     return run
 
@@ -373,19 +410,34 @@ def train(config, workdir: str, step_fn, state: TrainState, frozen, batches: Cal
 # ----------------------------------------------------------------------------------------------
 # The stage
 
-def make_policy_fn(policy_model, num: int):
+def make_policy_fn(policy_model, num: int, advance_steps: int = 0):
     """Samples of the frozen policy: ``num`` modes of one stochastic DDIM chain per scene, the
     classifier's top ``num`` (policy_vars, scene [B], rng) -> (trajs [B,num,8,3], tokens).
-    ``num`` 0: (None, tokens) — only the sensor tokens the default RWM reads."""
+    ``num`` 0: (None, tokens) — only the sensor tokens the default RWM reads.
+
+    ``advance_steps`` > 0 (``irl.closed_loop_train_steps``): every scene first drives a uniform
+    0 .. advance_steps planning steps of a stage-3 episode of the IL policy
+    (``rwm_closed_loop.advance``: plan, execute 0.5 s, shift the world, re-observe), and the
+    samples and tokens are of the state reached; returns (trajs, tokens, that scene with EC
+    unlabelled where it moved, logged [B] bool)."""
     from irlvla_jax.models import policy as policy_lib
+    from irlvla_jax.train import rwm_closed_loop
 
     def fn(variables, scene, rng):
-        tokens = policy_lib.encode(policy_model, variables, scene)
-        if num == 0:
-            return None, jax.lax.stop_gradient(tokens)
-        chain = policy_lib.plan(policy_model, variables, tokens, rng, stochastic=True)
-        trajs = cand_lib.top_modes(chain, num)
-        return jax.lax.stop_gradient(trajs), jax.lax.stop_gradient(tokens)
+        k_adv, k_plan = jax.random.split(rng)
+        if advance_steps > 0:
+            tokens, scene, moves = rwm_closed_loop.advance(policy_model, variables, scene,
+                                                           k_adv, advance_steps)
+        else:
+            tokens = policy_lib.encode(policy_model, variables, scene)
+        tokens = jax.lax.stop_gradient(tokens)
+        trajs = None
+        if num > 0:
+            chain = policy_lib.plan(policy_model, variables, tokens, k_plan, stochastic=True)
+            trajs = jax.lax.stop_gradient(cand_lib.top_modes(chain, num))
+        if advance_steps > 0:
+            return trajs, tokens, scene, moves == 0
+        return trajs, tokens
     return fn
 
 
@@ -412,6 +464,9 @@ def run(config, workdir: str) -> dict:
     needs_tokens = config.rwm.scene_encoder == "policy"
     policy_fn = (make_policy_fn(policy_model, icfg.num_policy)
                  if icfg.num_policy > 0 or needs_tokens else None)
+    advance = int(icfg.get("closed_loop_train_steps", 0))
+    train_policy_fn = (make_policy_fn(policy_model, icfg.num_policy, advance)
+                       if advance > 0 else policy_fn)
     from irlvla_jax.models import policy as policy_lib
     frozen = {"vocab": policy_lib.get_anchors(policy_vars), "policy": policy_vars}
     if icfg.num_vocab > frozen["vocab"].shape[0]:
@@ -429,7 +484,7 @@ def run(config, workdir: str) -> dict:
     frozen_sh = parallel.state_shardings(frozen, mesh, config.mesh)
     frozen = jax.device_put(frozen, frozen_sh)
     fuse = bool(icfg.get("fuse_step", False))
-    train_step = make_train_step(config, model, scorer_labels, policy_fn)
+    train_step = make_train_step(config, model, scorer_labels, train_policy_fn)
     step_fn = jit_train_step(train_step, mesh, fuse=fuse, state_sharding=state_sh,
                              frozen_sharding=frozen_sh)
 
@@ -440,8 +495,10 @@ def run(config, workdir: str) -> dict:
 
     state, means = train(config, workdir, step_fn, state, frozen, batches, rng=k_train,
                          place=lambda st: jax.device_put(st, state_sh))
+    # held out at the logged frames (the closed-loop table below has the later states); the
+    # label program is shared with training, the candidates' only when they are the same
     eval_step = jit_eval_step(make_eval_step(config, model, scorer_labels, policy_fn), fuse,
-                              train_step)
+                              train_step, share_candidates=advance == 0)
     limit = None if icfg.eval_scenes < 0 else icfg.eval_scenes
     result = evaluate_reward_model(eval_step, state.params, frozen, _eval_batches(config, limit),
                                    k_eval, means,

@@ -42,15 +42,44 @@ from irlvla_jax.train import rollout as rollout_lib
 from irlvla_jax.train import rwm_quality
 
 
-def held_expert(scene: types.Scene) -> jax.Array:
-    """[B,8,3] the logged expert plan from the current pose; poses past the end of the log
-    (invalid after the world was shifted) hold the last logged pose (the origin if none)."""
-    fut = scene.expert_future[:, : types.PLAN_LEN]
-    valid = scene.expert_future_valid[:, : types.PLAN_LEN].astype(bool)
-    idx = jnp.broadcast_to(jnp.arange(types.PLAN_LEN), valid.shape)
-    last = jax.lax.cummax(jnp.where(valid, idx, -1), axis=1)
-    held = jnp.take_along_axis(fut, jnp.maximum(last, 0)[..., None], axis=1)
-    return jnp.where((last >= 0)[..., None], held, 0.0)
+held_expert = cand_lib.held_expert
+
+
+def advance(policy_model: policy_lib.VLAPolicy, policy_vars, scene: types.Scene, rng: jax.Array,
+            max_steps: int):
+    """Closed-loop training states for stage 2 (``irl.closed_loop_train_steps``): each scene
+    [B] drives a uniform 0 .. ``max_steps`` planning steps of a stage-3 episode of the frozen IL
+    policy (its sampled plan executed for 0.5 s, the world shifted, the BEV map warped and the
+    tokens re-observed, as :func:`make_step`), one compiled scan of ``max_steps`` steps with the
+    rows that stop earlier held. Returns (tokens of the state reached, its Scene [B] with
+    ``has_previous`` False where the ego moved (EC unlabelled there, as in :func:`make_step`),
+    moves [B] int32)."""
+    b = scene.speed_limit.shape[0]
+    k_n, k_steps = jax.random.split(rng)
+    moves = jax.random.randint(k_n, (b,), 0, max_steps + 1)
+    tokens0 = policy_lib.encode(policy_model, policy_vars, scene).replace(aux={})
+
+    def body(carry, inputs):
+        scn, state, pose, tokens = carry
+        key, i = inputs
+        chain = policy_lib.plan(policy_model, policy_vars, tokens, key, stochastic=True)
+        end = rollout_lib.execute(chain.traj, state)[:, -1]
+        scn2 = rollout_lib.advance_scene(scn, end)
+        pose2 = geometry.to_global(end[:, :3], pose)
+        tok2 = rollout_lib.reobserve(policy_model, policy_vars, tokens0.bev_map, pose2, scn2,
+                                     tokens0.meta, tokens0.meta_logits).replace(aux={})
+        go = i < moves
+
+        def pick(new, old):
+            return jax.tree.map(lambda x, y: jnp.where(go.reshape((b,) + (1,) * (x.ndim - 1)),
+                                                       x, y), new, old)
+        return (pick(scn2, scn), pick(rollout_lib.reframe_state(end), state), pick(pose2, pose),
+                pick(tok2, tokens)), None
+
+    carry0 = (scene, rollout_lib.initial_states(scene), jnp.zeros((b, 3), jnp.float32), tokens0)
+    (scn, _, _, tokens), _ = jax.lax.scan(
+        body, carry0, (jax.random.split(k_steps, max_steps), jnp.arange(max_steps)))
+    return tokens, scn.replace(has_previous=scn.has_previous & (moves == 0)), moves
 
 
 def make_step(config, policy_model: policy_lib.VLAPolicy,
