@@ -1,7 +1,7 @@
 """Throughput of one stage-3 PPO update (rollout + reward + learning) and where its time goes.
 
     python benchmarks/bench_ppo.py                          # configs/tiny.py, randomly initialised
-    python benchmarks/bench_ppo.py --scorer                 # + the true scorer's reward each step
+    python benchmarks/bench_ppo.py --scorer                 # + updates that log the true scorer
     python benchmarks/bench_ppo.py --batch 16 --group 8 --horizon 2 --repeats 5
 
 Prints scene-samples per second of a whole update (B scenes x G samples; each sample is a
@@ -68,14 +68,16 @@ def bench_scenes(sizes: types.SceneSizes, b: int, seed: int = 0) -> types.Scene:
 
 
 def _time(fn, *args, repeats: int) -> tuple[float, float]:
-    """(compile + first run s, mean s of ``repeats`` further runs)."""
+    """(compile + first run s, median s of ``repeats`` further runs)."""
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
-    return first, (time.perf_counter() - t0) / repeats
+        times.append(time.perf_counter() - t0)
+    return first, float(np.median(times))
 
 
 def main():
@@ -85,7 +87,10 @@ def main():
     ap.add_argument("--horizon", type=int, default=2, help="T planning steps per episode")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scorer", action="store_true",
-                    help="also compute the true scorer's reward at every step")
+                    help="also time updates that compute the true scorer's reward (logging)")
+    ap.add_argument("--log-every", type=int, default=10,
+                    help="with --scorer: the mean update when the scorer runs on every N-th "
+                         "update only (ppo.log_scorer with ppo.log_every = N)")
     ap.add_argument("--no-semantic", action="store_true", help="skip the semantic LM")
     args = ap.parse_args()
 
@@ -93,8 +98,7 @@ def main():
     config = tiny.get_config()
     config.data.batch_size = args.batch
     config.model.use_semantic = not args.no_semantic
-    config.ppo.update(dict(group_size=args.group, horizon=args.horizon,
-                           log_scorer=bool(args.scorer)))
+    config.ppo.update(dict(group_size=args.group, horizon=args.horizon, log_scorer=False))
     cfg = config.ppo
     sizes = types.SceneSizes.from_config(config.data.sizes)
     scene = bench_scenes(sizes, args.batch)
@@ -106,13 +110,12 @@ def main():
         rwm, scene, jax.random.PRNGKey(1),
         policy_tokens=(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tokens)
                        if config.rwm.scene_encoder == "policy" else None))
-    reward_fn = ppo.make_reward_fn(rwm, rwm_params, use_scorer=args.scorer)
     state = ppo.init_state(config, il_vars, jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype), tokens), jax.random.PRNGKey(2))
     frozen = {"policy": il_vars}
     rng = jax.random.PRNGKey(3)
 
-    def zero_reward(scene_, plans, tokens_):
+    def zero_reward(scene_, plans, tokens_, ec, with_scorer=None):
         return {"zero": jnp.zeros(plans.shape[:1], jnp.float32)}
 
     def roll(reward):
@@ -121,25 +124,38 @@ def main():
 
     variables = stage_results.rl_policy_variables(il_vars, state.params)
     c_roll, t_roll = _time(roll(zero_reward), variables, scene, rng, repeats=args.repeats)
-    c_rew, t_rew = _time(roll(reward_fn), variables, scene, rng, repeats=args.repeats)
-    update = jax.jit(ppo.make_update(config, model, reward_fn))   # no donation: reused state
-    c_upd, t_upd = _time(update, state, frozen, scene, rng, repeats=args.repeats)
+    rows, compile_s = {}, {"rollout": c_roll}
+    # The RWM reward alone, then (--scorer) the RWM + the true scorer on every update.
+    for name, use_scorer in (("rwm", False), ("rwm+scorer", True))[:2 if args.scorer else 1]:
+        reward_fn = ppo.make_reward_fn(rwm, rwm_params, use_scorer=use_scorer)
+        c_rew, t_rew = _time(roll(reward_fn), variables, scene, rng, repeats=args.repeats)
+        cfg_u = config.copy_and_resolve_references()
+        cfg_u.ppo.log_every = 1                    # the scorer (if any) on every update
+        update = jax.jit(ppo.make_update(cfg_u, model, reward_fn))   # no donation: reused state
+        c_upd, t_upd = _time(update, state, frozen, scene, rng, repeats=args.repeats)
+        compile_s[name] = c_rew + c_upd
+        rows[name] = {"update": t_upd, "rollout": t_roll, "reward": max(t_rew - t_roll, 0.0),
+                      "learning": max(t_upd - t_rew, 0.0)}
+    if args.scorer and args.log_every > 1:
+        # ppo.log_scorer computes the scorer on the written updates only (every log_every-th):
+        # the mean update is (N - 1) updates without it and one with it.
+        n, a, b = args.log_every, rows["rwm"], rows["rwm+scorer"]
+        rows[f"rwm, scorer every {n}"] = {k: ((n - 1) * a[k] + b[k]) / n for k in a}
 
     samples = args.batch * args.group
-    parts = {"rollout": t_roll, "reward": max(t_rew - t_roll, 0.0),
-             "learning": max(t_upd - t_rew, 0.0)}
-    total = sum(parts.values())
     dev = jax.devices()[0]
     print(f"device: {dev.platform} ({dev.device_kind}) x {jax.device_count()}")
     print(f"update: B={args.batch} scenes x G={args.group} samples, T={args.horizon} steps, "
           f"S={config.model.planner.sample_steps} denoising steps, epochs={cfg.epochs} x "
-          f"minibatches={cfg.minibatches}, reward={'rwm+scorer' if args.scorer else 'rwm'}")
-    print(f"compile+first run (s): rollout {c_roll:.1f}, rollout+reward {c_rew:.1f}, "
-          f"update {c_upd:.1f}")
-    print(f"whole update: {t_upd * 1e3:.1f} ms -> {samples / t_upd:.1f} scene-samples/s "
-          f"({samples * args.horizon / t_upd:.1f} planning steps/s)")
-    for k, v in parts.items():
-        print(f"  {k:9s} {v * 1e3:8.1f} ms  {100 * v / max(total, 1e-12):5.1f} %")
+          f"minibatches={cfg.minibatches}; median of {args.repeats} runs")
+    print("compile+first run (s): " + ", ".join(f"{k} {v:.1f}" for k, v in compile_s.items()))
+    print(f"{'reward':24s} {'ms/update':>10s} {'samples/s':>10s} {'rollout':>8s} "
+          f"{'reward':>8s} {'learning':>8s}")
+    for name, r in rows.items():
+        parts = [r["rollout"], r["reward"], r["learning"]]
+        total = max(sum(parts), 1e-12)
+        print(f"{name:24s} {r['update'] * 1e3:10.1f} {samples / r['update']:10.1f} " +
+              " ".join(f"{100 * p / total:7.1f}%" for p in parts))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,6 @@ def get_config():
     # --- ppo at paper scale (stage 3) ----------------------------------------------------------
     # Full DPPO (denoiser + classifier), the paper's setting. The tiny default trains only the
     # classifier (see the README's stage-3 section).
-    c.ppo.update(dict(num_updates=2000, group_size=8, horizon=4, epochs=4, minibatches=8,
+    c.ppo.update(dict(num_updates=2000, group_size=8, horizon=3, epochs=4, minibatches=8,
                       lr=2e-5, trainable="planner", log_every=10, ckpt_every=100))
     return c

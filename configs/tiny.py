@@ -232,7 +232,7 @@ def get_config() -> ml_collections.ConfigDict:
         eval_scenes=-1,            # held-out scenes for eval.json (-1: the whole eval split)
         # the RWM's held-out quality also at planning steps T = 1 .. this of a stage-3 episode
         # of the IL policy (train/rwm_closed_loop.py; 0: off)
-        closed_loop_steps=4,
+        closed_loop_steps=3,       # at most types.MAX_CLOSED_LOOP_STEPS (the log ends at 5 s)
         # closed-loop training states: each scene first drives a uniform 0 .. this many planning
         # steps of a stage-3 episode of the IL policy (candidates + labels at the state reached,
         # tokens re-observed; train/rwm_closed_loop.advance; 0: logged frames only)
@@ -246,9 +246,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.ppo = ml_collections.ConfigDict(dict(
         num_updates=200,           # PPO updates; each = rollout + advantages + epochs x minibatches
         group_size=4,              # G samples per scene (B = data.batch_size scenes per update)
-        horizon=2,                 # T planning steps of 0.5 s per closed-loop episode (1: single shot)
+        horizon=2,                 # T planning steps of 0.5 s per closed-loop episode (1: single
+                                   # shot; at most 3: every step scored against logged agents)
         reward="rwm",              # "rwm" (trained on the world model) or "scorer" (true EPDMS)
-        log_scorer=True,           # also compute the true scorer's reward every update (logging)
+        log_scorer=True,           # also compute the true scorer's reward (logging only) on the
+                                   # updates whose metrics are written (every log_every-th)
         closed_loop_ec=True,       # EC of each plan vs the previous step's plan in the reward
         advantage="gae",           # "gae" (value head) or "group" (normalised over the G samples)
         gamma=0.99, gae_lambda=0.95, gamma_denoise=0.99,
@@ -260,6 +262,13 @@ def get_config() -> ml_collections.ConfigDict:
         # README's stage-3 section has the figures behind this default.
         trainable="classifier",
         eta=0.0, sigma_min_sample=0.04, sigma_min_logprob=0.1,   # chain noise = entropy floor
+        # The chain's exploration noise: "white" (i.i.d. per waypoint and coordinate) or
+        # "smooth" (chain_noise_dims coefficients on t, t^2, .. per coordinate: the policy
+        # gradient then moves the plans only along smooth displacements; planner.py)
+        chain_noise="white", chain_noise_dims=3,
+        # The DPPO ratio of a denoising step: "chosen" (the executed mode's transition) or
+        # "joint" (all M modes' transitions: exact). metrics log_ratio_gap_joint = the gap.
+        chain_logprob="chosen",
         kl_coef=0.1,               # BC/KL term to the frozen IL policy (ReCogDrive 0.1)
         vf_coef=0.5, value_hidden=128,
         epochs=2, minibatches=2,

@@ -10,9 +10,11 @@ closed loop (the ego has driven 0.5 s along its plan: re-centre the world on it)
 What moves:
   * every pose/point field (agents, map and red-light polygons, centreline, lanes, ego history,
     expert future) is re-expressed in the new frame; agent velocities are rotated;
-  * the agent and red-light time axes (9 frames at 2 Hz) shift by ``steps``: frame k of the
-    result is frame k + steps of the input, the last ``steps`` frames are marked invalid
-    (agents) or not red (lights) — the log has nothing beyond 4 s;
+  * the agent and red-light time axes (11 frames at 2 Hz, 0 .. 5 s) shift by ``steps``: frame
+    k of the result is frame k + steps of the input, the last ``steps`` frames are marked
+    invalid (agents) or not red (lights) — the log has nothing beyond 5 s. The scorer reads
+    frames 0 .. 8, so a scene shifted by up to 2 frames is scored against logged agents only
+    (``types.MAX_CLOSED_LOOP_STEPS``; ``rollout.check_episode_length``);
   * the ego history and the expert future slide along the same clock: history row h becomes
     the pose that was ``steps`` frames later (the newest rows come from the expert future), the
     expert future loses its first ``steps`` poses and its invalid tail grows.
@@ -58,7 +60,7 @@ def shift_scene(scene: types.Scene, pose, steps: int = 0) -> types.Scene:
     Args:
       scene: one Scene (vmap for a batch: ``jax.vmap(shift_scene, in_axes=(0, 0, None))``).
       pose: [3] new rear-axle origin (x, y, heading) in the scene's current frame.
-      steps: static int in [0, 8]: 2 Hz frames advanced.
+      steps: static int in [0, 10]: 2 Hz frames advanced.
     Returns:
       the Scene in the new frame at the new time (same shapes and dtypes).
     """

@@ -82,7 +82,14 @@ NUM_META_ACTIONS = len(META_SPEED_CLASSES) * len(META_PATH_CLASSES)
 SUBSCORE_NAMES = ("nc", "dac", "ddc", "tlc", "ep", "ttc", "lk", "hc", "ec")
 
 NUM_HISTORY = 4   # frames at -1.5, -1.0, -0.5, 0 s
-NUM_AGENT_STEPS = 9  # agent boxes at t = 0, 0.5, ..., 4.0 s
+#: Agent boxes and light states are stored at t = 0, 0.5, ..., 5.0 s (navtrain's 10 future
+#: frames); the scorer reads the first SCORED_AGENT_STEPS (0 .. 4 s, NAVSIM's horizon). The extra
+#: second is what a closed-loop episode needs: at planning step t (the world advanced t frames)
+#: the 4 s plan is scored against frames t .. t + 8 of the log, so episodes of up to
+#: MAX_CLOSED_LOOP_STEPS planning steps never score against agents the log does not have.
+NUM_AGENT_STEPS = 11
+SCORED_AGENT_STEPS = 9
+MAX_CLOSED_LOOP_STEPS = NUM_AGENT_STEPS - SCORED_AGENT_STEPS + 1
 PLAN_LEN = 8      # planner output: 8 poses at 0.5 s
 
 #: The Scene fields a NAVSIM agent receives (``AgentInput``: ego status history, driving
@@ -219,8 +226,9 @@ class Scene:
         row 0 is x = +range (ahead), column 0 is y = +range (left) — the same raster layout as
         ``bev_semantic``.
     Agents (one row a track; identity = row; host metadata has the track tokens)
-      agent_states [A,9,5] f32: box centre (x, y), heading, (vx, vy) at t = 0, 0.5, .., 4 s.
-      agent_valid [A,9] bool: the track is annotated in that 2 Hz frame.
+      agent_states [A,11,5] f32: box centre (x, y), heading, (vx, vy) at t = 0, 0.5, .., 5 s
+        (the scorer reads 0 .. 4 s; the last second serves closed-loop episodes).
+      agent_valid [A,11] bool: the track is annotated in that 2 Hz frame.
       agent_size [A,3] f32: (length, width, height) m.
       agent_class [A] i32: index into ``AGENT_CLASSES``.
     Map (the PDM drivable-area map: every object intersecting the 100 m square around the ego
@@ -237,9 +245,10 @@ class Scene:
         falls back to 15 m/s).
       red_light_polygons [L,V,2] f32 (+ red_light_vertex_valid [L,V], red_light_valid [L]):
         lane-connector polygons (exact rings) of connectors that carry a traffic light in any of
-        the 9 frames: every one red on the raw or corrected route in some frame (the ones the
-        scorer reads), then the others while rows are left.
-      red_light_is_red [L,9] bool: red at 2 Hz frame k (t = 0.5 k); 10 Hz step j uses k = j // 5.
+        the 11 frames: every one red on the raw or corrected route in one of the first 9 frames
+        (the ones the scorer reads), then those red on a route at 4.5 / 5 s, then the others
+        while rows are left.
+      red_light_is_red [L,11] bool: red at 2 Hz frame k (t = 0.5 k); 10 Hz step j uses k = j // 5.
       red_light_on_route [L] bool: in the *uncorrected* route (used by the scoring observation).
       red_light_on_corrected_route [L] bool: in the corrected route (used inside PDM-Closed).
       lane_vectors [M,K,3] f32: lane and lane-connector baselines near the ego, resampled to K

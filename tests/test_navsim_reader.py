@@ -64,12 +64,13 @@ def test_agents_tracked_in_t0_frame(scenes):
     sc, meta = scenes[0]
     i = meta.track_tokens.index("veh")
     # 10 m ahead at t = 0, moving with the ego: 10 + 2.5 k m in the t = 0 frame
-    np.testing.assert_allclose(sc["agent_states"][i, :, 0], 10 + 2.5 * np.arange(9), atol=1e-3)
+    np.testing.assert_allclose(sc["agent_states"][i, :, 0], 10 + 2.5 * np.arange(types.NUM_AGENT_STEPS),
+                               atol=1e-3)
     np.testing.assert_allclose(sc["agent_states"][i, :, 1:3], 0, atol=1e-3)
     assert sc["agent_valid"][i].all()
     np.testing.assert_allclose(sc["agent_size"][i], [4.5, 2.0, 1.6])
     j = meta.track_tokens.index("ped")
-    np.testing.assert_array_equal(sc["agent_valid"][j], [1, 1, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(sc["agent_valid"][j], np.arange(types.NUM_AGENT_STEPS) < 3)
     np.testing.assert_allclose(sc["agent_states"][j, 0], [5, 6, -math.pi / 2, 0, -1], atol=1e-3)
     assert sc["agent_class"][j] == types.PEDESTRIAN and sc["agent_class"][i] == types.VEHICLE
     assert sc["agent_valid"].sum(1).astype(bool).sum() == 2

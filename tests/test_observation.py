@@ -15,12 +15,13 @@ SIZES = types.SceneSizes(num_future=8, cameras=("CAM_F0",), image_hw=(4, 4), lid
 
 
 def _scene(**agents):
-    """agents: row -> (states [9,5], valid [9], class); returns the Scene dict."""
+    """agents: row -> (states [9,5], valid [9], class) at 0 .. 4 s (the frames the scorer
+    reads; the Scene's 4.5 / 5 s frames stay invalid); returns the Scene dict."""
     d = types.zeros_scene(SIZES).to_dict()
     for row, (states, valid, cls) in agents.items():
         r = int(row[1:])
-        d["agent_states"][r] = states
-        d["agent_valid"][r] = valid
+        d["agent_states"][r, :len(states)] = states
+        d["agent_valid"][r, :len(valid)] = valid
         d["agent_size"][r] = (4.0, 2.0, 1.5)
         d["agent_class"][r] = cls
     return d
@@ -82,7 +83,7 @@ def test_red_light_zero_order_hold_on_uncorrected_route(build):
     pattern = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1], bool)
     for row, on_route in ((0, True), (1, False)):
         d["red_light_polygons"][row] = [[30, 2], [20, 2], [20, -2], [30, -2], [30, 2], [30, 2]]
-        d["red_light_is_red"][row] = pattern
+        d["red_light_is_red"][row, :9] = pattern
         d["red_light_valid"][row] = True
         d["red_light_on_route"][row] = on_route
         d["red_light_on_corrected_route"][row] = True
@@ -98,7 +99,7 @@ def test_forecast_constant_velocity_every_0_2_s():
                a3=(_track(150.0, vx=1.0), np.ones(9, bool), types.VEHICLE))    # > 100 m away
     d["agent_states"][2, :, 3] = 1.0           # a static object never moves, whatever its field
     d["red_light_polygons"][0] = [[30, 2], [20, 2], [20, -2], [30, -2], [30, 2], [30, 2]]
-    d["red_light_is_red"][0] = np.arange(9) >= 1          # green now, red later
+    d["red_light_is_red"][0] = np.arange(types.NUM_AGENT_STEPS) >= 1   # green now, red later
     d["red_light_polygons"][1] = d["red_light_polygons"][0] + [20, 0]
     d["red_light_is_red"][1] = True
     d["red_light_valid"][:2] = True
@@ -124,3 +125,20 @@ def test_build_observation_vmaps_over_scenes():
     assert present[0, 0].all() and present[1, 1, :11].all() and not present[1, 1, 11:].any()
     with pytest.raises(ValueError, match="one scene"):
         ob.build_observation(batch)
+
+
+def test_frames_after_4_s_do_not_reach_the_scorer(build):
+    """The Scene keeps agents / lights to 5 s for closed-loop episodes; the scoring observation
+    reads 0 .. 4 s only: anything in frames 9 and 10 changes nothing."""
+    d = _scene(a0=(_track(20.0, vx=5.0), np.ones(9, bool), types.VEHICLE),
+               a1=(_track(8.0), np.arange(9) == 2, types.VEHICLE))
+    d["red_light_is_red"][0] = np.arange(types.NUM_AGENT_STEPS) >= 1
+    later = {k: v.copy() for k, v in d.items()}
+    later["agent_states"][:, 9:] = 3.0                 # every row, even padding, at 4.5 / 5 s
+    later["agent_valid"][:, 9:] = True                 # a2, a3 appear only after 4 s
+    later["agent_class"][2:] = types.VEHICLE
+    later["red_light_is_red"][:, 9:] = ~later["red_light_is_red"][:, 9:]
+    a, b = build(_scene_obj(d)), build(_scene_obj(later))
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+    assert np.asarray(a.agent_present)[1].all()        # the single-frame quirk still applies

@@ -41,11 +41,12 @@ def straight_road(speed=5.0, speed_limit=10.0):
 
 def add_agent(d, row, x, y, heading=0.0, vx=0.0, vy=0.0, size=(4.5, 2.0, 1.6),
               cls=types.VEHICLE, frames=None):
-    """Agent with constant velocity over the 9 frames (or only in ``frames``)."""
-    t = np.arange(types.NUM_AGENT_STEPS) * 0.5
-    d["agent_states"][row] = np.stack([x + vx * t, y + vy * t, np.full(9, heading),
-                                       np.full(9, vx), np.full(9, vy)], -1)
-    d["agent_valid"][row] = True if frames is None else np.isin(np.arange(9), frames)
+    """Agent with constant velocity over the stored frames (or only in ``frames``)."""
+    n = types.NUM_AGENT_STEPS
+    t = np.arange(n) * 0.5
+    d["agent_states"][row] = np.stack([x + vx * t, y + vy * t, np.full(n, heading),
+                                       np.full(n, vx), np.full(n, vy)], -1)
+    d["agent_valid"][row] = True if frames is None else np.isin(np.arange(n), frames)
     d["agent_size"][row] = size
     d["agent_class"][row] = cls
 

@@ -109,6 +109,15 @@ def test_classifier_only_training_leaves_the_denoiser_unchanged(setup):
         ppo.mask_gradients(grads, "encoder")
 
 
+def test_true_scorer_is_logged_on_written_updates_only():
+    """ppo.log_scorer computes the true scorer (a logged figure) on the updates the stage loop
+    writes: every log_every-th, counted in updates of epochs x minibatches optimizer steps."""
+    steps = jnp.arange(0, 12, 2)                       # 2 optimizer steps per update
+    flags = jax.vmap(lambda st: ppo.is_logged_update(st, 2, 3))(steps)
+    np.testing.assert_array_equal(flags, [False, False, True, False, False, True])
+    assert bool(ppo.is_logged_update(jnp.int32(5), 1, 1))
+
+
 def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
@@ -149,12 +158,12 @@ def probe(setup):
         tokens = jax.tree.map(lambda x: x[0], traj.tokens)
         chain = jax.tree.map(lambda x: x[0], traj.chain)
         stored = jnp.concatenate([chain.logprob, chain.mode_logprob[:, None]], -1)
-        again, _ = ppo.action_logprobs(s["model"], stage_results.rl_policy_variables(il_vars, params),
-                                       tokens, chain)
+        again, joint, _ = ppo.chain_terms(
+            s["model"], stage_results.rl_policy_variables(il_vars, params), tokens, chain)
         il_logp, _ = ppo.action_logprobs(s["model"], il_vars, tokens, chain)
         n = stored.shape[0]
-        mb = ppo.Batch(tokens=tokens, chain=chain, old_logp=stored, il_logp=il_logp,
-                       adv=jnp.zeros(n), ret=jnp.zeros(n))
+        mb = ppo.Batch(tokens=tokens, chain=chain, old_logp=stored, old_joint=joint,
+                       il_logp=il_logp, adv=jnp.zeros(n), ret=jnp.zeros(n))
         leaves, tdef = jax.tree.flatten(params["planner"])
         keys = jax.random.split(noise_rng, len(leaves))
         moved = {**params, "planner": jax.tree.unflatten(tdef, [

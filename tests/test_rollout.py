@@ -9,7 +9,8 @@ import pytest
 import ppo_scenes
 from irlvla_jax import geometry
 from irlvla_jax.models import policy as policy_lib
-from irlvla_jax.sim import comfort, simulate, trajectory
+from irlvla_jax import types
+from irlvla_jax.sim import comfort, observation, simulate, trajectory
 from irlvla_jax.train import rollout as ro
 from irlvla_jax.train import stage_results
 
@@ -17,7 +18,12 @@ T, G, B = 3, 2, 2
 
 
 def progress_reward(scene, plans, tokens, ec):
-    return {"progress": plans[:, -1, 0] / 40.0, "ec": ec[0] * ec[1]}
+    # What the scorer sees of the agents: each track's presence at the 41 steps of 0 .. 4 s
+    # (``observation.interpolate_tracks``: NC / TTC read exactly this).
+    present = jax.vmap(lambda sc: observation.interpolate_tracks(
+        sc.agent_states, sc.agent_valid, jnp.ones(sc.agent_valid.shape[:1], bool))[2])(scene)
+    return {"progress": plans[:, -1, 0] / 40.0, "ec": ec[0] * ec[1],
+            "agent_steps_seen": jnp.sum(present, axis=(1, 2)).astype(jnp.float32)}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,7 @@ def test_agents_follow_the_log_and_the_ego_its_execution(loop):
     valid = np.asarray(final["scene"].agent_valid)[:, :, 0]
     assert valid[:, :2].all()
     np.testing.assert_allclose(got[valid][:, :2], np.asarray(want)[valid][:, :2], atol=1e-3)
-    # the log ends at 4 s: the last T frames are gone
+    # the log ends at 5 s: the last T frames are gone
     assert not np.asarray(final["scene"].agent_valid)[:, :, -T:].any()
     # the ego's history is its own executed path, its velocity the executed one
     hist = np.asarray(final["scene"].ego_history)
@@ -129,3 +135,23 @@ def test_warp_bev_moves_cells_with_the_ego():
     # (y = +7 m) is the old back row (x = -7 m), new row i the old column i
     left = np.asarray(ro.warp_bev(bev, jnp.asarray([[0.0, 0.0, np.pi / 2]]), r))
     np.testing.assert_allclose(left[0, :, 0], np.asarray(bev)[0, -1, :], atol=1e-4)
+
+
+def test_no_closed_loop_step_is_scored_against_agents_the_log_does_not_have(loop):
+    """Every track the log has over the whole 0 .. 5 s is seen by the scorer at all 41 steps of
+    every planning step of the episode (T = 3 = types.MAX_CLOSED_LOOP_STEPS): no step is scored
+    against an empty world in its last seconds. A longer episode is refused."""
+    scene, traj = loop["scene"], loop["traj"]
+    tracks = np.asarray(scene.agent_valid).all(-1).sum(-1)              # [B] logged 0 .. 5 s
+    assert T == types.MAX_CLOSED_LOOP_STEPS and (tracks >= 2).all()
+    want = np.repeat(tracks, G) * (trajectory.NUM_STEPS + 1)
+    for t in range(T):
+        np.testing.assert_array_equal(traj.rewards["agent_steps_seen"][t], want, err_msg=f"t={t}")
+    # One frame shorter log (agents to 4.5 s): the last step would lose the final 0.5 s.
+    short = scene.replace(agent_valid=scene.agent_valid[..., :-1],
+                          agent_states=scene.agent_states[..., :-1, :])
+    with pytest.raises(ValueError, match="planning steps"):
+        ro.rollout(loop["model"], loop["variables"], short, jax.random.PRNGKey(0),
+                   progress_reward, num_steps=T, group_size=G)
+    with pytest.raises(ValueError, match="config.ppo.horizon = 4"):
+        ro.check_episode_length(4)

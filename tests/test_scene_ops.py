@@ -7,7 +7,7 @@ import pytest
 
 import scorer_scenes as ss
 from irlvla_jax import geometry as geo
-from irlvla_jax import scene_ops
+from irlvla_jax import scene_ops, types
 
 SIZES = ss.SIZES
 
@@ -65,10 +65,10 @@ def test_one_step_makes_the_half_second_box_the_current_box(shift):
     want = geo.to_local(scene.agent_states[:, 1, :3], pose)
     np.testing.assert_allclose(out.agent_states[:2, 0, :2], want[:2, :2], atol=1e-4)
     np.testing.assert_allclose(np.cos(out.agent_states[:2, 0, 2] - want[:2, 2]), 1.0, atol=1e-5)
-    # The log ends at 4 s: the last frame is invalid, and the early-ending track ends earlier.
+    # The log ends at 5 s: the last frame is invalid, and the early-ending track ends earlier.
     assert not out.agent_valid[:, -1].any()
-    np.testing.assert_array_equal(out.agent_valid[2], np.arange(9) < 5)
-    np.testing.assert_array_equal(out.red_light_is_red[0], np.arange(9) < 3)
+    np.testing.assert_array_equal(out.agent_valid[2], np.arange(types.NUM_AGENT_STEPS) < 5)
+    np.testing.assert_array_equal(out.red_light_is_red[0], np.arange(types.NUM_AGENT_STEPS) < 3)
     # The ego history slides: its newest row is the expert's first future pose in the new frame.
     np.testing.assert_allclose(out.ego_history[-1], geo.to_local(scene.expert_future[0], pose),
                                atol=1e-5)
@@ -94,6 +94,6 @@ def test_previous_frame_plan_of_steady_driving():
 def test_bad_input_is_named():
     scene = random_scene()
     with pytest.raises(ValueError, match="steps"):
-        scene_ops.shift_scene(scene, jnp.zeros(3), 9)
+        scene_ops.shift_scene(scene, jnp.zeros(3), types.NUM_AGENT_STEPS)
     with pytest.raises(ValueError, match="pose"):
         scene_ops.shift_scene(scene, jnp.zeros(2), 0)

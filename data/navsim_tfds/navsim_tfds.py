@@ -93,7 +93,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version(dataset_id.DATASET_VERSION)
     RELEASE_NOTES = {"1.0.0": "Scene contract of irlvla_jax/types.py, ArrayRecord, no TF.",
-                     "2.0.0": "Cameras as JPEG bytes at the model's resolution (cameras_jpeg)."}
+                     "2.0.0": "Cameras as JPEG bytes at the model's resolution (cameras_jpeg).",
+                     "3.0.0": "Agents and traffic-light states at 0 .. 5 s (11 frames, was 9)."}
 
     @tfds.core.utils.classproperty
     @classmethod

@@ -33,8 +33,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILDER_NAME = "navsim_tfds"       # TFDS names the builder after its package folder
 SOURCES = ("synthetic", "navsim", "random")
 #: The builder's record layout (``data/navsim_tfds`` VERSION). 1.0.0: cameras as raw uint8
-#: tensors; 2.0.0: cameras as one JPEG per camera (``camera_jpeg_quality``; 0 keeps raw uint8).
-DATASET_VERSION = "2.0.0"
+#: tensors; 2.0.0: cameras as one JPEG per camera (``camera_jpeg_quality``; 0 keeps raw uint8);
+#: 3.0.0: agents and light states at 0 .. 5 s (``types.NUM_AGENT_STEPS`` = 11, was 9).
+DATASET_VERSION = "3.0.0"
 DEFAULT_JPEG_QUALITY = 90
 #: The stored feature holding the cameras as JPEG bytes, one per camera (quality > 0).
 CAMERAS_JPEG = "cameras_jpeg"

@@ -326,7 +326,8 @@ class SceneReader:
 
     # -- one scene --------------------------------------------------------------------------------
     def _scene(self, frames: list, start: int, nf: int, split: str, path: Path):
-        # Agents and lights span t = 0..4 s (frames CUR..CUR+8) even when the window is shorter.
+        # Agents and lights span t = 0..5 s (frames CUR..CUR+10: the scorer's 4 s and one more
+        # second for closed-loop episodes) even when the window is shorter.
         end = min(len(frames), start + max(NUM_HISTORY + nf, CUR + types.NUM_AGENT_STEPS))
         used = frames[start:end]
         for f in used[:NUM_HISTORY + nf]:
@@ -499,8 +500,13 @@ class SceneReader:
                 vel = loc.vec(R @ v) if cls in types.DYNAMIC_CLASSES else np.zeros(2)
                 t = tracks.setdefault(tok, {"cls": cls, "size": b[3:6], "states": {}})
                 t["states"].setdefault(k, np.array([xy[0], xy[1], h, vel[0], vel[1]]))
-        order = sorted(tracks, key=lambda tok: min(np.hypot(*st[:2]) for st in
-                                                   tracks[tok]["states"].values()))
+        # Nearest first over the frames the scorer reads (0 .. 4 s); tracks seen only at 4.5 / 5 s
+        # come after them, so the extra second never pushes a scored track out of max_agents.
+        def rank(tok):
+            st = tracks[tok]["states"]
+            scored = [np.hypot(*v[:2]) for k, v in st.items() if k < types.SCORED_AGENT_STEPS]
+            return (0, min(scored)) if scored else (1, min(np.hypot(*v[:2]) for v in st.values()))
+        order = sorted(tracks, key=rank)
         if len(order) > s.max_agents:
             meta.truncated["agents"] = len(order) - s.max_agents
         A = s.max_agents
@@ -570,8 +576,11 @@ class SceneReader:
         # The scorer reads a light only when it is red on a route (TLC: the raw route,
         # PDM-Closed: the corrected one): those are never cut; the others fill what is left,
         # by first appearance.
-        matters = [c for c in ids if ids[c].any() and (c in raw or c in corr)]
-        others = [c for c in ids if c not in set(matters)]
+        # Lights red on a route only at 4.5 / 5 s (closed-loop episodes) come next, then the rest.
+        on_a_route = [c for c in ids if c in raw or c in corr]
+        matters = [c for c in on_a_route if ids[c][:types.SCORED_AGENT_STEPS].any()]
+        late = [c for c in on_a_route if c not in set(matters) and ids[c].any()]
+        others = late + [c for c in ids if c not in set(matters) | set(late)]
         order = matters + others[:max(0, L - len(matters))]
         if len(order) < len(ids):
             meta.truncated["red_lights"] = len(ids) - len(order)

@@ -23,6 +23,7 @@ and its cross-attention is then skipped.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping
 
@@ -324,10 +325,50 @@ def _ddim_mean_std(x_t, x0, t: int, t_prev: int, eta: float, cfg):
     return mean, sigma
 
 
+CHAIN_NOISES = ("white", "smooth")
+
+
+@functools.lru_cache(maxsize=None)
+def smooth_noise_basis(dims: int) -> np.ndarray:
+    """[8, dims] orthonormal columns spanning t, t^2, .., t^dims at the plan's waypoint times
+    t = 0.5 .. 4 s: smooth displacements that vanish at t = 0 (a change of speed, of
+    acceleration, ...), the same basis for x, y and heading."""
+    if not 1 <= dims <= types.PLAN_LEN:
+        raise ValueError(f"chain_noise_dims = {dims}: expected 1 .. {types.PLAN_LEN}")
+    t = 0.5 * np.arange(1, types.PLAN_LEN + 1) / (0.5 * types.PLAN_LEN)           # (0, 1]
+    q, _ = np.linalg.qr(np.stack([t ** (k + 1) for k in range(dims)], -1))
+    return q.astype(np.float32)
+
+
+def _chain_noise(cfg) -> tuple[str, int]:
+    kind = cfg.get("chain_noise", "white")
+    if kind not in CHAIN_NOISES:
+        raise ValueError(f"chain_noise = {kind!r}: expected one of {CHAIN_NOISES}")
+    return kind, int(cfg.get("chain_noise_dims", 3))
+
+
+def _sample_noise(key, shape, cfg) -> jax.Array:
+    """Standard noise of a chain transition, shape [..., 8, 3]: white (i.i.d. per waypoint and
+    coordinate) or, with ``chain_noise = "smooth"``, ``chain_noise_dims`` i.i.d. N(0, 1)
+    coefficients per coordinate on :func:`smooth_noise_basis`."""
+    kind, dims = _chain_noise(cfg)
+    if kind == "white":
+        return jax.random.normal(key, shape, jnp.float32)
+    basis = jnp.asarray(smooth_noise_basis(dims))
+    z = jax.random.normal(key, (*shape[:-2], dims, shape[-1]), jnp.float32)
+    return jnp.einsum("tk,...kc->...tc", basis, z)
+
+
 def _gaussian_logprob(x, mean, std, cfg):
-    """Per-dim log N(x; mean, std^2), clamped to cfg.logprob_clamp, averaged over (8,3).
+    """Log-density of a transition x ~ mean + std * noise, per dimension of the noise, clamped
+    to cfg.logprob_clamp, averaged over the dimensions: (8, 3) for white noise, (dims, 3) basis
+    coefficients for smooth noise (the density on the basis' subspace, where x - mean lies).
     x, mean [B,8,3] -> [B]."""
-    lp = (-0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2.0 * math.pi))
+    d = (x - mean) / std
+    kind, dims = _chain_noise(cfg)
+    if kind == "smooth":
+        d = jnp.einsum("tk,...tc->...kc", jnp.asarray(smooth_noise_basis(dims)), d)
+    lp = -0.5 * d ** 2 - math.log(std) - 0.5 * math.log(2.0 * math.pi)
     lo, hi = cfg["logprob_clamp"]
     return jnp.mean(jnp.clip(lp, lo, hi), axis=(-2, -1))
 
@@ -370,7 +411,7 @@ def sample_chain(denoise: DenoiseFn, anchors_n: jax.Array, batch: int, rng: jax.
         mean, sigma = _ddim_mean_std(x, x0, int(t), t_prev, eta, cfg)
         if stochastic:
             std = jnp.maximum(sigma, sigma_min)
-            x = mean + std * jax.random.normal(step_keys[i], mean.shape, jnp.float32)
+            x = mean + std * _sample_noise(step_keys[i], mean.shape, cfg)
         else:
             x = mean
         xs.append(x)
@@ -390,12 +431,13 @@ def sample_chain(denoise: DenoiseFn, anchors_n: jax.Array, batch: int, rng: jax.
 
 
 def evaluate_chain(denoise: DenoiseFn, chain: Chain, cfg: Mapping[str, Any], *,
-                   eta: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                   eta: float | None = None, all_modes: bool = False
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Re-evaluate a stored chain under the (possibly new) parameters inside ``denoise``.
 
     chain.x [B,S+1,M,8,3], chain.mode [B] ->
-      (logprob [B,S] of each stored transition, mode_logprob [B], entropy of the mode
-      classifier [B]).
+      (logprob [B,S] of each stored transition of the chosen mode — [B,S,M], every mode's,
+      with ``all_modes`` —, mode_logprob [B], entropy of the mode classifier [B]).
     """
     steps = chain.x.shape[1] - 1
     ts = sample_timesteps(cfg, steps)
@@ -408,8 +450,11 @@ def evaluate_chain(denoise: DenoiseFn, chain: Chain, cfg: Mapping[str, Any], *,
         x0, logits = denoise(x_t, jnp.full((b,), int(t), jnp.int32))
         mean, sigma = _ddim_mean_std(x_t, x0, int(t), t_prev, eta, cfg)
         std = max(sigma, float(cfg["sigma_min_logprob"]))
-        lps.append(_gaussian_logprob(_take_mode(chain.x[:, i + 1], chain.mode),
-                                     _take_mode(mean, chain.mode), std, cfg))
+        if all_modes:
+            lps.append(_gaussian_logprob(chain.x[:, i + 1], mean, std, cfg))      # [B,M]
+        else:
+            lps.append(_gaussian_logprob(_take_mode(chain.x[:, i + 1], chain.mode),
+                                         _take_mode(mean, chain.mode), std, cfg))
     logp_all = jax.nn.log_softmax(logits, -1)
     mode_logprob = _take_mode(logp_all[..., None], chain.mode)[..., 0]
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, -1)

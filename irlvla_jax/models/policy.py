@@ -338,10 +338,12 @@ def plan(model: VLAPolicy, variables, tokens: SceneTokens, rng: jax.Array, *,
                                     eta=eta, sigma_min=sigma_min)
 
 
-def evaluate_chain(model: VLAPolicy, variables, tokens: SceneTokens, chain: Chain):
-    """(logprob [B,S], mode_logprob [B], mode entropy [B]) of a stored chain under variables."""
+def evaluate_chain(model: VLAPolicy, variables, tokens: SceneTokens, chain: Chain,
+                   all_modes: bool = False):
+    """(logprob [B,S] ([B,S,M] with ``all_modes``), mode_logprob [B], mode entropy [B]) of a
+    stored chain under variables."""
     return planner_lib.evaluate_chain(_denoiser(model, variables, tokens), chain,
-                                      model.cfg.planner)
+                                      model.cfg.planner, all_modes=all_modes)
 
 
 def chain_logprob(model: VLAPolicy, variables, tokens: SceneTokens, chain: Chain) -> jax.Array:

@@ -167,7 +167,8 @@ def scene_geometry(scene: types.Scene) -> dict:
     each is an active red (valid, on the route the scorer uses, red) at 2 Hz frames 0..8; the
     ``DRIVABLE_CAPACITY`` drivable polygons (roadblocks, intersections, car parks) and the
     ``ROUTE_CAPACITY`` on-route lanes / intersections nearest the ego; the centreline."""
-    red = (jnp.asarray(scene.red_light_is_red, bool)
+    nf = types.SCORED_AGENT_STEPS
+    red = (jnp.asarray(scene.red_light_is_red, bool)[..., :nf]
            & (scene.red_light_valid & scene.red_light_on_route)[..., None])
     t, v = scene.map_polygon_type, scene.map_polygon_valid.astype(bool)
     lane = v & ((t == _LANE_TYPES[0]) | (t == _LANE_TYPES[1]))
@@ -175,8 +176,8 @@ def scene_geometry(scene: types.Scene) -> dict:
     route = (lane & scene.map_polygon_on_route.astype(bool)) | (v & (t == types.INTERSECTION))
     polys = scene.map_polygons.astype(jnp.float32)
     vv = scene.map_vertex_valid.astype(bool)
-    return dict(agent_states=scene.agent_states[:, :, 1:].astype(jnp.float32),     # [B,A,8,5]
-                agent_valid=scene.agent_valid[:, :, 1:].astype(bool),
+    return dict(agent_states=scene.agent_states[:, :, 1:nf].astype(jnp.float32),   # [B,A,8,5]
+                agent_valid=scene.agent_valid[:, :, 1:nf].astype(bool),
                 agent_size=scene.agent_size.astype(jnp.float32),
                 red_polygons=scene.red_light_polygons.astype(jnp.float32),          # [B,L,V,2]
                 red_active=red,                                                     # [B,L,9]
@@ -363,8 +364,9 @@ def scene_entity_features(scene: types.Scene) -> dict[str, tuple[jax.Array, jax.
     """
     f32 = jnp.float32
     b = scene.speed_limit.shape[0]
-    a = scene.agent_states.astype(f32)
-    av = scene.agent_valid.astype(f32)[..., None]
+    nf = types.SCORED_AGENT_STEPS        # the logged boxes at 0 .. 4 s (not the closed loop's 5th s)
+    a = scene.agent_states[:, :, :nf].astype(f32)
+    av = scene.agent_valid[:, :, :nf].astype(f32)[..., None]
     agent = jnp.concatenate([_pose_feats(a[..., :3]), a[..., 3:5] / SPEED_SCALE, av], -1) * av
     agents = jnp.concatenate([
         agent.reshape(*agent.shape[:2], -1), scene.agent_size.astype(f32) / 5.0,
@@ -385,7 +387,7 @@ def scene_entity_features(scene: types.Scene) -> dict[str, tuple[jax.Array, jax.
     lights = jnp.concatenate([
         (scene.red_light_polygons.astype(f32) / POS_SCALE_M).reshape(
             *scene.red_light_polygons.shape[:2], -1),
-        scene.red_light_is_red.astype(f32), scene.red_light_on_route.astype(f32)[..., None]], -1)
+        scene.red_light_is_red[..., :nf].astype(f32), scene.red_light_on_route.astype(f32)[..., None]], -1)
 
     lanes = jnp.concatenate([
         _pose_feats(scene.lane_vectors.astype(f32)).reshape(*scene.lane_vectors.shape[:2], -1),
@@ -394,7 +396,7 @@ def scene_entity_features(scene: types.Scene) -> dict[str, tuple[jax.Array, jax.
     ego = jnp.concatenate([ego_status_features(scene),
                            scene.speed_limit.astype(f32)[:, None] / SPEED_SCALE], -1)[:, None]
     return dict(
-        agents=(agents, scene.agent_valid.any(-1)),
+        agents=(agents, scene.agent_valid[:, :, :nf].any(-1)),
         polygons=(polys, scene.map_polygon_valid.astype(bool)),
         centerline=(cl, clv),
         red_lights=(lights, scene.red_light_valid.astype(bool)),

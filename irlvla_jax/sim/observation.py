@@ -79,21 +79,24 @@ def interpolate_tracks(states, valid, dynamic):
     """Tracks at 2 Hz -> the 41 steps at 10 Hz (NAVSIM's ``StateInterpolator`` per track).
 
     Args:
-      states: [A,9,5] (x, y, heading, vx, vy) at t = 0, 0.5, .., 4 s; valid: [A,9] bool;
+      states: [A,T,5] (x, y, heading, vx, vy) at t = 0, 0.5, .. s; valid: [A,T] bool (frames
+        beyond the scorer's 4 s, T > 9, are ignored);
       dynamic: [A] bool (static objects get zero velocity).
     Returns:
       pose [A,41,3], velocity [A,41,2], present [A,41] bool.
     """
+    nf = types.SCORED_AGENT_STEPS
+    states, valid = states[:, :nf], valid[:, :nf]
     k = jnp.arange(NUM_STEPS + 1)
-    frame_step = _STEPS_PER_FRAME * jnp.arange(types.NUM_AGENT_STEPS)          # [9]
+    frame_step = _STEPS_PER_FRAME * jnp.arange(nf)          # [9]
     before = valid[:, None, :] & (frame_step[None, None, :] <= k[None, :, None])  # [A,41,9]
     after = valid[:, None, :] & (frame_step[None, None, :] >= k[None, :, None])
-    frames = jnp.arange(types.NUM_AGENT_STEPS)
+    frames = jnp.arange(nf)
     prev = jnp.max(jnp.where(before, frames, -1), axis=-1)                      # [A,41]
-    nxt = jnp.min(jnp.where(after, frames, types.NUM_AGENT_STEPS), axis=-1)
-    inside = (prev >= 0) & (nxt < types.NUM_AGENT_STEPS)
-    prev_c = jnp.clip(prev, 0, types.NUM_AGENT_STEPS - 1)
-    nxt_c = jnp.clip(nxt, 0, types.NUM_AGENT_STEPS - 1)
+    nxt = jnp.min(jnp.where(after, frames, nf), axis=-1)
+    inside = (prev >= 0) & (nxt < nf)
+    prev_c = jnp.clip(prev, 0, nf - 1)
+    nxt_c = jnp.clip(nxt, 0, nf - 1)
     span = _STEPS_PER_FRAME * (nxt_c - prev_c)
     frac = jnp.where(span > 0, (k[None] - _STEPS_PER_FRAME * prev_c) / jnp.maximum(span, 1), 0.0)
     s0 = jnp.take_along_axis(states, prev_c[..., None], axis=1)                 # [A,41,5]
@@ -118,15 +121,16 @@ def build_observation(scene: types.Scene) -> Observation:
     """The scoring observation (41 steps) of one scene, after log-replay agent removal.
 
     Args:
-      scene: one Scene (agent_states [A,9,5], agent_valid [A,9], agent_size [A,3],
-        agent_class [A], red_light_* [L, ...]).
+      scene: one Scene (agent_states [A,T,5], agent_valid [A,T], agent_size [A,3],
+        agent_class [A], red_light_* [L, ...]); only frames 0 .. 8 (0 .. 4 s) are read.
     Returns:
       Observation with N = 41.
     """
     _check_single(scene, "build_observation")
     dynamic = _is_dynamic(scene.agent_class)
-    states = jnp.asarray(scene.agent_states, jnp.float32)
-    valid = jnp.asarray(scene.agent_valid, bool)
+    nf = types.SCORED_AGENT_STEPS
+    states = jnp.asarray(scene.agent_states, jnp.float32)[:, :nf]
+    valid = jnp.asarray(scene.agent_valid, bool)[:, :nf]
     pose, _, present = interpolate_tracks(states, valid, dynamic)
     size = jnp.asarray(scene.agent_size, jnp.float32)
     corners = geometry.box_corners(pose[..., :2], pose[..., 2], size[:, None, 0], size[:, None, 1])

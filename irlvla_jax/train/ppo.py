@@ -105,8 +105,11 @@ def make_reward_fn(rwm_model: rwm_lib.RewardModel | None, rwm_params, use_scorer
       earlier is the log's (as in the RWM's training labels): the RWM's EC head, or the scorer
       against the previous frame's expert plan, counted where the scene has a previous frame.
     Without it EC has weight 0 everywhere.
+
+    ``with_scorer`` (a traced bool, optional): compute the scorer's entry only where it is true
+    (``lax.cond``; zeros otherwise): PPO logs the true scorer on logged updates only.
     """
-    def fn(scene, plans, tokens, ec):
+    def fn(scene, plans, tokens, ec, with_scorer=None):
         loop_ec, loop_w = ec
         if closed_loop_ec:
             log_w = (1.0 - loop_w) * scene.has_previous.astype(jnp.float32)
@@ -124,8 +127,12 @@ def make_reward_fn(rwm_model: rwm_lib.RewardModel | None, rwm_params, use_scorer
             pred = rwm_lib.apply(rwm_model, rwm_params, scene, plans[:, None], pt)
             out["rwm"] = epdms(jax.tree.map(lambda x: x[:, 0], pred.subscores(log_w)))
         if use_scorer:
-            sub, _ = scorer.score(scene, plans[:, None], simulate.previous_frame_states(scene))
-            out["scorer"] = epdms(jax.tree.map(lambda x: x[:, 0], sub))
+            def true_epdms():
+                sub, _ = scorer.score(scene, plans[:, None],
+                                      simulate.previous_frame_states(scene))
+                return epdms(jax.tree.map(lambda x: x[:, 0], sub)).astype(jnp.float32)
+            out["scorer"] = true_epdms() if with_scorer is None else jax.lax.cond(
+                with_scorer, true_epdms, lambda: jnp.zeros(plans.shape[:1], jnp.float32))
         return out
     return fn
 
@@ -151,42 +158,73 @@ class Batch(NamedTuple):
     """What the learning phase reads, one row per (planning step, sample): leaves [R,...]."""
     tokens: SceneTokens
     chain: Chain
-    old_logp: jax.Array       # [R,S+1] chain steps + mode, at rollout time
-    il_logp: jax.Array        # [R,S+1] under the frozen IL policy (for the KL term)
+    old_logp: jax.Array       # [R,S+1] chain steps (chosen mode) + mode, at rollout time
+    old_joint: jax.Array      # [R,S+1] the same with every mode's transitions (see below)
+    il_logp: jax.Array        # [R,S+1] under the frozen IL policy (for the KL term), as used
     adv: jax.Array            # [R]
     ret: jax.Array            # [R] value target
 
 
-def action_logprobs(model, variables, tokens: SceneTokens, chain: Chain
+CHAIN_LOGPROBS = ("chosen", "joint")
+
+
+def chain_terms(model, variables, tokens: SceneTokens, chain: Chain
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Log-probs of a stored chain's actions under ``variables``: (chosen [R,S+1], joint
+    [R,S+1], classifier entropy [R]).
+
+    Every denoising step moves all M modes (each sampled with its own noise), and the modes
+    attend to each other, so the exact action of a step is the joint transition of all M.
+    "chosen": the per-dimension log-density of the executed mode's transition only (the
+    default's approximation); "joint": the same per-dimension average over all M modes'
+    transitions (the exact joint density, tempered as the chosen one is). The last column of
+    both is the classifier's log-prob of the chosen mode."""
+    lp_all, mode_lp, ent = policy_lib.evaluate_chain(model, variables, tokens, chain,
+                                                     all_modes=True)            # [R,S,M]
+    chosen = jnp.take_along_axis(lp_all, chain.mode[:, None, None], axis=-1)[..., 0]
+    joint = jnp.mean(lp_all, -1)
+    return (jnp.concatenate([chosen, mode_lp[:, None]], -1),
+            jnp.concatenate([joint, mode_lp[:, None]], -1), ent)
+
+
+def action_logprobs(model, variables, tokens: SceneTokens, chain: Chain, joint: bool = False
                     ) -> tuple[jax.Array, jax.Array]:
     """[R,S+1] log-probs of a stored chain's actions (S denoising transitions + the mode
-    choice) under ``variables``, and the classifier entropy [R]."""
-    lp, mode_lp, ent = policy_lib.evaluate_chain(model, variables, tokens, chain)
-    return jnp.concatenate([lp, mode_lp[:, None]], -1), ent
+    choice) under ``variables`` (``joint``: every mode's transitions, :func:`chain_terms`),
+    and the classifier entropy [R]."""
+    chosen, jnt, ent = chain_terms(model, variables, tokens, chain)
+    return (jnt if joint else chosen), ent
 
 
 def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
              ) -> tuple[jax.Array, dict]:
     """DPPO loss of a minibatch (scalar) and its metrics. cfg = ``config.ppo``."""
     variables = stage_results.rl_policy_variables(frozen_policy, params)
-    logp, entropy = action_logprobs(model, variables, mb.tokens, mb.chain)        # [R,S+1]
+    chosen, joint, entropy = chain_terms(model, variables, mb.tokens, mb.chain)   # [R,S+1]
+    use_joint = cfg.get("chain_logprob", "chosen") == "joint"
+    logp, old_logp = (joint, mb.old_joint) if use_joint else (chosen, mb.old_logp)
     s = logp.shape[-1] - 1
     adv = jnp.concatenate([adv_lib.chain_advantages(mb.adv, s, cfg.gamma_denoise),
                            mb.adv[:, None]], -1)
     clip = adv_lib.clip_schedule(s, cfg.clip_first, cfg.clip_last, cfg.clip_rate)
     # The mode choice is one categorical action with its own clip range (config.ppo.clip_mode).
     clip = jnp.concatenate([clip, jnp.full((1,), cfg.clip_mode, clip.dtype)])
-    obj, was_clipped = clipped_objective(logp, mb.old_logp, adv, clip)
+    obj, was_clipped = clipped_objective(logp, old_logp, adv, clip)
     pg_loss = -jnp.mean(obj)
     d = mb.il_logp - logp
     kl = jnp.mean(jnp.exp(d) - 1.0 - d)            # k3 estimate of KL(pi || pi_IL)
     value = value_head.apply({"params": params["value"]}, mb.tokens)
     v_loss = 0.5 * jnp.mean((value - mb.ret) ** 2)
     loss = pg_loss + cfg.kl_coef * kl + cfg.vf_coef * v_loss
-    log_ratio = logp - mb.old_logp
+    log_ratio = logp - old_logp
+    # How far the chosen-mode ratio is from the exact joint one (the approximation's error),
+    # per denoising transition, in log-ratio units (the clip ranges are ~0.02 .. 0.1).
+    gap = jax.lax.stop_gradient(jnp.abs((joint - mb.old_joint) - (chosen - mb.old_logp))[:, :s])
     return loss, {"loss": loss, "pg_loss": pg_loss, "kl_il": kl, "value_loss": v_loss,
                   "clip_frac": jnp.mean(was_clipped.astype(jnp.float32)),
                   "approx_kl_old": jnp.mean(jnp.exp(log_ratio) - 1.0 - log_ratio),
+                  "log_ratio_gap_joint": jnp.mean(gap),
+                  "log_ratio_gap_joint_max": jnp.max(gap),
                   "mode_entropy": jnp.mean(entropy)}
 
 
@@ -217,6 +255,12 @@ def mask_gradients(grads, trainable: str):
 # ----------------------------------------------------------------------------------------------
 # One update = one program.
 
+def is_logged_update(opt_step: jax.Array, opt_steps_per_update: int, log_every: int) -> jax.Array:
+    """Whether the update starting at optimizer step ``opt_step`` is one whose metrics the stage
+    loop writes (update u, 0-based, is written when (u + 1) % log_every == 0)."""
+    return (opt_step // opt_steps_per_update + 1) % log_every == 0
+
+
 def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.RewardFn
                 ) -> Callable:
     """``update(state, frozen, scene [B], rng) -> (state, metrics)`` (pure; jit it with
@@ -226,12 +270,28 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
     value_head = ValueHead(int(cfg.value_hidden))
     if cfg.advantage not in ("gae", "group"):
         raise ValueError(f"config.ppo.advantage = {cfg.advantage!r}: expected 'gae' or 'group'")
+    rollout_lib.check_episode_length(horizon)
+    if cfg.get("chain_logprob", "chosen") not in CHAIN_LOGPROBS:
+        raise ValueError(f"config.ppo.chain_logprob = {cfg.chain_logprob!r}: expected one of "
+                         f"{CHAIN_LOGPROBS}")
+
+    # The true scorer as a logged figure (not the training reward) is computed on the updates
+    # whose metrics the stage loop writes (every log_every-th), not on the others.
+    opt_steps = int(cfg.epochs) * int(cfg.minibatches)
+    every = int(cfg.log_every)
+    scorer_logged_only = cfg.reward != "scorer" and bool(cfg.get("log_scorer", False))
 
     def update(state: TrainState, frozen, scene: types.Scene, rng: jax.Array):
         k_roll, k_perm = jax.random.split(rng)
         b = scene.speed_limit.shape[0]
         variables = stage_results.rl_policy_variables(frozen["policy"], state.params)
-        traj, _ = rollout_lib.rollout(model, variables, scene, k_roll, reward_fn,
+        rfn = reward_fn
+        if scorer_logged_only and every > 1:
+            logged = is_logged_update(state.step, opt_steps, every)
+
+            def rfn(*args):
+                return reward_fn(*args, with_scorer=logged)
+        traj, _ = rollout_lib.rollout(model, variables, scene, k_roll, rfn,
                                       num_steps=horizon, group_size=g)
         if cfg.reward not in traj.rewards:
             raise ValueError(f"config.ppo.reward = {cfg.reward!r} is not computed; available: "
@@ -250,8 +310,12 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
             ret = adv_lib.discounted_returns(rewards, cfg.gamma)
             adv = adv_lib.group_normalize(ret.reshape(horizon, b, g)).reshape(horizon, n)
         old_logp = jnp.concatenate([chain.logprob, chain.mode_logprob[:, None]], -1)
-        il_logp, _ = action_logprobs(model, frozen["policy"], tokens, chain)
+        # the joint log-probs at rollout time (the rollout's own parameters)
+        _, old_joint, _ = chain_terms(model, variables, tokens, chain)
+        il_logp, _ = action_logprobs(model, frozen["policy"], tokens, chain,
+                                     joint=cfg.get("chain_logprob", "chosen") == "joint")
         data = Batch(tokens=tokens, chain=chain, old_logp=old_logp,
+                     old_joint=jax.lax.stop_gradient(old_joint),
                      il_logp=jax.lax.stop_gradient(il_logp), adv=flat(adv), ret=flat(ret))
 
         rows = horizon * n
@@ -338,7 +402,9 @@ def run(config, workdir: str) -> dict:
     cfg = config.ppo
     needed = "rl: stage 3 fine-tunes the IL policy against the reward world model"
     _, il_vars = stage_results.load_il_policy(config, workdir, needed)
-    rwm_model, rwm_params = stage_results.load_reward_model(config, workdir, needed)
+    rwm_model = rwm_params = None
+    if cfg.reward != "scorer":       # the true-scorer ablation needs no stage 2
+        rwm_model, rwm_params = stage_results.load_reward_model(config, workdir, needed)
     model = policy_lib.VLAPolicy(stage_results.rl_model_config(config))
     mesh = parallel.make_mesh(config.mesh)
     parallel.check_batch_divisible(config.data.batch_size, mesh)

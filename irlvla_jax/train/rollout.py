@@ -6,7 +6,9 @@ At every step, for every row:
 1. the policy plans from the current ego state: a stochastic DDIM chain (its per-step Gaussian
    log-probs and the classifier's sampled mode are stored for PPO);
 2. the reward function scores the plan in the current scene (RWM by default, the true scorer as
-   an ablation; both can be logged). It also gets the plan's extended comfort (EC): from the
+   an ablation; both can be logged). The scene's agents and lights are the log's at
+   t*0.5 .. t*0.5 + 4 s: episodes are at most ``types.MAX_CLOSED_LOOP_STEPS`` (3) steps long,
+   so no step is scored against agents the log does not have (:func:`check_episode_length`). It also gets the plan's extended comfort (EC): from the
    second step on, the plan is compared with the plan of the step before, both simulated for
    4 s from their own start state (``comfort.extended_comfort``), which is what NAVSIM's EC
    measures between consecutive frames. EC depends on the ego's own two plans only, not on
@@ -73,6 +75,28 @@ class Transition(NamedTuple):
     states: jax.Array
     ec: jax.Array
     ec_weight: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Episode length.
+
+def check_episode_length(num_steps: int, agent_frames: int = types.NUM_AGENT_STEPS,
+                         what: str = "config.ppo.horizon") -> None:
+    """Refuse closed-loop episodes that would be scored against agents the log does not have.
+
+    At planning step t (0-based) the world has advanced t frames, and the 4 s plan is scored
+    against log frames t .. t + 8 (``types.SCORED_AGENT_STEPS``). A Scene stores
+    ``agent_frames`` frames (11: 0 .. 5 s, navtrain's 10 future frames), so an episode may have
+    at most ``agent_frames - 8`` planning steps (3); past that, NC / TTC / TLC of the last
+    steps would see no agents or lights in their final seconds and look better than they are.
+    """
+    limit = int(agent_frames) - types.SCORED_AGENT_STEPS + 1
+    if not 1 <= int(num_steps) <= limit:
+        raise ValueError(
+            f"{what} = {num_steps}: a closed-loop episode may have 1 .. {limit} planning steps of "
+            f"0.5 s: step t is scored against logged agents and lights at t*0.5 .. t*0.5 + 4 s, "
+            f"and the log's agents end at {0.5 * (int(agent_frames) - 1):g} s "
+            f"({agent_frames} frames of 2 Hz). Lower it to {limit} or less.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +227,7 @@ def rollout(model: policy_lib.VLAPolicy, variables, scene: types.Scene, rng: jax
       frame), 'state' [N,11] (own frame), 'scene' Scene [N] and 'tokens' SceneTokens [N] as
       the ego re-observes it).
     """
+    check_episode_length(num_steps, scene.agent_valid.shape[-1], "rollout num_steps")
     tokens0 = policy_lib.encode(model, variables, scene, train=False)
     tokens0 = repeat_rows(tokens0.replace(aux={}), group_size)
     scene_n = repeat_rows(scene, group_size)

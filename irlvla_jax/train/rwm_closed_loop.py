@@ -91,6 +91,8 @@ def make_step(config, policy_model: policy_lib.VLAPolicy,
     icfg = config.irl
 
     def step(policy_vars, vocab, rwm_params, scene, rng):
+        rollout_lib.check_episode_length(steps, scene.agent_valid.shape[-1],
+                                         "config.irl.closed_loop_steps")
         tokens0 = policy_lib.encode(policy_model, policy_vars, scene).replace(aux={})
 
         def observe(scn, pose):

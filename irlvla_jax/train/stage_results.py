@@ -101,13 +101,15 @@ def load_reward_model(config, workdir: str,
 
 
 def rl_model_config(config):
-    """``config.model`` with the planner's chain noise (eta, sigma floors) taken from
-    ``config.ppo``: RL samples and re-evaluates chains with the same floors."""
+    """``config.model`` with the planner's chain noise (eta, sigma floors, white or smooth
+    noise) taken from ``config.ppo``: RL samples and re-evaluates chains with the same noise."""
     m = copy.deepcopy(config.model)
     with m.unlocked():
         m.planner.eta = float(config.ppo.eta)
         m.planner.sigma_min_sample = float(config.ppo.sigma_min_sample)
         m.planner.sigma_min_logprob = float(config.ppo.sigma_min_logprob)
+        m.planner.chain_noise = str(config.ppo.get("chain_noise", "white"))
+        m.planner.chain_noise_dims = int(config.ppo.get("chain_noise_dims", 3))
     return m
 
 
