@@ -6,10 +6,11 @@
         ...
     state = loader.get_state()       # {"step": n}; make_loader(..., start_step=n) resumes there
 
-The order is a pure function of (seed, split, process shard): grain's ``MapDataset`` is random
-access, so resuming at step ``n`` is slicing the batched dataset at ``n`` (no replay), and worker
-processes (``config.data.num_workers``) do not change the order. Each epoch is reshuffled.
-Each process reads only the rows of the global batch that its devices hold.
+The order is a pure function of (seed, split, global batch size): grain's ``MapDataset`` is random
+access, so resuming at step ``n`` is slicing the batched dataset at ``n`` (no replay), and neither
+worker processes (``config.data.num_workers``) nor the number of hosts change the order. Each
+epoch is reshuffled. Each process reads and decodes only the rows of each global batch that its
+devices hold.
 
 Cameras are stored as JPEG (``dataset_id.CAMERAS_JPEG``) and decoded by :func:`decode_example`,
 which runs in the grain worker processes: every reader (the loader, :func:`load_split_numpy`)
@@ -108,7 +109,7 @@ def collate(items: Sequence[tuple[dict[str, np.ndarray], types.SceneMeta]]
     return ({k: np.stack([a[k] for a, _ in items]) for k in names}, [m for _, m in items])
 
 
-def _process_rows(mesh, global_batch: int) -> tuple[int, int]:
+def process_rows(mesh, global_batch: int) -> tuple[int, int]:
     """[lo, hi): the rows of the global batch held by this process's devices."""
     index_map = parallel.data_sharding(mesh).addressable_devices_indices_map((global_batch,))
     rows = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop)
@@ -120,21 +121,22 @@ def _process_rows(mesh, global_batch: int) -> tuple[int, int]:
     return lo, hi
 
 
-class _Indexed:
-    """A data source whose records carry their own index: ``[i] -> (i, source[i])``."""
+class _DecodeRows:
+    """A batch of record indices (the global batch's) -> this process's rows of it, decoded and
+    collated: ``(arrays dict [hi - lo, ...], hi - lo metas)``. A short last batch (evaluation
+    keeps it) is padded with copies of its last record whose meta is None."""
 
-    def __init__(self, source):
-        self._source = source
+    def __init__(self, source, spec, split: str, rows: tuple[int, int]):
+        self._source, self._spec, self._split, self._rows = source, spec, split, rows
 
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, i: int):
-        return int(i), self._source[i]
-
-
-def _decode_indexed(record, *, spec, split):
-    return decode_example(*record, spec=spec, split=split)
+    def __call__(self, indices: np.ndarray):
+        lo, hi = self._rows
+        n = len(indices)
+        items = [decode_example(int(indices[min(r, n - 1)]),
+                                self._source[int(indices[min(r, n - 1)])],
+                                spec=self._spec, split=self._split) for r in range(lo, hi)]
+        arrays, metas = collate(items)
+        return arrays, [m if lo + j < n else None for j, m in enumerate(metas)]
 
 
 class SceneLoader:
@@ -175,40 +177,44 @@ class SceneLoader:
 
 
 def make_dataset(config, split: str, *, seed: int, shuffle: bool, num_epochs: int | None,
-                 shard_index: int = 0, num_shards: int = 1, local_batch: int | None = None
-                 ) -> grain.MapDataset:
-    """The batched grain MapDataset of (arrays dict [b, ...], metas) for one process shard.
+                 rows: tuple[int, int] | None = None, limit: int | None = None,
+                 drop_remainder: bool = True) -> grain.MapDataset:
+    """The batched grain MapDataset of (arrays dict [hi - lo, ...], metas): element ``n`` is
+    this process's rows ``rows = (lo, hi)`` (default: all) of global batch ``n``.
 
-    Random access: element ``n`` is batch ``n``. ``num_epochs=None`` repeats forever.
+    The global batches (``config.data.batch_size`` record indices each, from the first
+    ``limit`` records, shuffled by ``seed``, reshuffled each epoch) do not depend on how many
+    processes read them: a run on N hosts trains on the batches of a run on one.
+    ``num_epochs=None`` repeats forever. ``drop_remainder=False`` keeps a short last batch,
+    padded (metas None on the padding rows; evaluation).
     """
     source = open_source(config, split)
     spec = types.scene_spec(types.SceneSizes.from_config(config.data.sizes))
-    b = local_batch or config.data.batch_size
-    # Equal shards (the remainder is dropped) so every process runs the same number of steps.
-    per_shard = len(source) // num_shards
-    if per_shard < b:
-        raise ValueError(f"split {split!r} has {len(source)} scenes: too few for a batch of {b} "
-                         f"on each of {num_shards} process shard(s)")
-    # (record index, example): grain's map_with_index would see positions in the repeated,
-    # shuffled stream; SceneMeta.scene_index must be the record's index in the split.
-    ds = grain.MapDataset.source(_Indexed(source))
-    ds = ds.map(functools.partial(_decode_indexed, spec=spec, split=split))
-    ds = ds[shard_index * per_shard:(shard_index + 1) * per_shard]
+    b = int(config.data.batch_size)
+    lo, hi = rows if rows is not None else (0, b)
+    n = len(source) if limit is None else min(int(limit), len(source))
+    if n < (b if drop_remainder else 1):
+        raise ValueError(f"split {split!r} has {n} scenes{'' if limit is None else ' used'}: "
+                         f"too few for a global batch of {b}; lower --config.data.batch_size")
+    ds = grain.MapDataset.range(n)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)          # reshuffles each epoch (grain reseeds per epoch)
-    return ds.batch(b, drop_remainder=True, batch_fn=collate)
+    ds = ds.batch(b, drop_remainder=drop_remainder)
+    # SceneMeta.scene_index is the record's index in the split (decode_example's index).
+    return ds.map(_DecodeRows(source, spec, split, (lo, hi)))
 
 
 def host_batches(config, split: str, *, seed: int, shuffle: bool, num_epochs: int | None = None,
-                 start_step: int = 0, shard_index: int = 0, num_shards: int = 1,
-                 local_batch: int | None = None, num_workers: int | None = None):
+                 start_step: int = 0, rows: tuple[int, int] | None = None,
+                 limit: int | None = None, drop_remainder: bool = True,
+                 num_workers: int | None = None):
     """The grain iterator of host batches ``(arrays dict [b, ...] numpy, list of b SceneMeta)``
-    from batch ``start_step`` on: reading, JPEG decoding and collation run in
-    ``num_workers`` (default ``config.data.num_workers``) worker processes, or in the calling
-    process's ``config.data.prefetch`` threads when 0."""
+    (:func:`make_dataset`'s) from batch ``start_step`` on: reading, JPEG decoding and
+    collation run in ``num_workers`` (default ``config.data.num_workers``) worker processes,
+    or in the calling process's ``config.data.prefetch`` threads when 0."""
     ds = make_dataset(config, split, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                      shard_index=shard_index, num_shards=num_shards, local_batch=local_batch)
+                      rows=rows, limit=limit, drop_remainder=drop_remainder)
     ds = ds[start_step:]
     workers = config.data.num_workers if num_workers is None else int(num_workers)
     if workers <= 0:
@@ -225,20 +231,20 @@ def host_batches(config, split: str, *, seed: int, shuffle: bool, num_epochs: in
 
 
 def make_loader(config, split: str, mesh: jax.sharding.Mesh, *, seed: int, shuffle: bool,
-                num_epochs: int | None = None, start_step: int = 0) -> SceneLoader:
+                num_epochs: int | None = None, start_step: int = 0,
+                limit: int | None = None) -> SceneLoader:
     """Scene batches of ``config.data.batch_size`` (global) sharded on the mesh's 'data' axis.
 
     Yields ``(Scene with fields [B, ...] as jax Arrays, list of B SceneMeta)``. Same
     (seed, split, mesh, batch size) -> the same batches; ``start_step=n`` yields batch ``n``
     first. ``num_epochs=None`` runs forever; otherwise the loader stops after the last full batch.
+    ``limit``: only the split's first ``limit`` scenes (stored order) are read.
     """
     global_batch = config.data.batch_size
     parallel.check_batch_divisible(global_batch, mesh)
-    lo, hi = _process_rows(mesh, global_batch)
-    local = hi - lo
     it = host_batches(config, split, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                      start_step=start_step, shard_index=lo // local,
-                      num_shards=global_batch // local, local_batch=local)
+                      start_step=start_step, rows=process_rows(mesh, global_batch),
+                      limit=limit)
     return SceneLoader(it, mesh, start_step)
 
 

@@ -193,8 +193,8 @@ def evaluate_open_loop(eval_step: Callable, state: TrainState, batches: Iterable
 
 def load_or_compute_anchors(config) -> np.ndarray:
     """[M,8,3] anchors from ``<data dir>/anchors.npy``, computed from at most
-    ``config.il.anchor_scenes`` train scenes (and written there) when the file does not exist
-    yet."""
+    ``config.il.anchor_scenes`` train scenes (and written there by process 0) when the file does
+    not exist yet."""
     path = anchors_lib.anchor_path(config)
     m = config.model.planner.num_anchors
     if os.path.exists(path):
@@ -206,7 +206,9 @@ def load_or_compute_anchors(config) -> np.ndarray:
     fut = fut[:, :types.PLAN_LEN]
     ok = valid[:, :types.PLAN_LEN].all(-1)
     a = anchors_lib.compute_anchors(fut[ok], m, config.seed)
-    anchors_lib.save_anchors(path, a)
+    # every process computes the same anchors (the same seeded sample); process 0 writes them
+    if tracking.is_main_process():
+        anchors_lib.save_anchors(path, a)
     log.info("wrote %d anchors from %d expert futures (%d sampled scenes) to %s", m,
              int(ok.sum()), len(ok), path)
     return a
@@ -270,11 +272,14 @@ def run(config, workdir: str) -> dict:
     state, state_sh = create_sharded_state(model, config, init_rng, mesh, anchors)
     train_step = make_train_step(model, config, mesh, state_sh)
     eval_step = make_eval_step(model, config, mesh, state_sh)
-    scorer = evaluate.jitted_scorer(mesh)
+    scorer = evaluate.jitted_scorer(mesh)     # jitted lazily: compiled at its first call
 
     def epdms_fn(batch, traj):
         sub, _ = scorer(batch, traj[:, None])       # no previous frame: EC does not count
         return sub.epdms()[:, 0]
+    # il.eval_epdms False: L2 and collisions only (no scorer to compile; small test runs)
+    if not icfg.get("eval_epdms", True):
+        epdms_fn = None
 
     def eval_batches(limit):
         it = loader.make_loader(config, config.data.eval_split, mesh, seed=config.seed,
