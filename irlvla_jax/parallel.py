@@ -32,6 +32,8 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     """
     if os.environ.get("IRLVLA_NO_DISTRIBUTED") == "1":
         return False
+    if coordinator_address or _cluster_env():
+        _cpu_collectives()
     if coordinator_address:
         if num_processes is None or process_id is None:
             raise ValueError("--coordinator_address needs --num_processes and --process_id")
@@ -39,12 +41,26 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
                                    num_processes=int(num_processes),
                                    process_id=int(process_id))
         return True
-    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-    multi = ("JAX_COORDINATOR_ADDRESS" in os.environ
-             or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or len(hosts) > 1)
+    multi = _cluster_env()
     if multi:
         jax.distributed.initialize()
     return multi
+
+
+def _cluster_env() -> bool:
+    """Whether the environment describes a job of several processes."""
+    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    return ("JAX_COORDINATOR_ADDRESS" in os.environ
+            or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or len(hosts) > 1)
+
+
+def _cpu_collectives() -> None:
+    """Cross-process collectives on the CPU backend need an implementation (gloo); JAX
+    versions before it was the default leave it off, and a multi-process CPU job then fails at
+    its first collective. Set before ``jax.distributed.initialize``; other backends ignore it."""
+    name = "jax_cpu_collectives_implementation"
+    if name in jax.config.values and jax.config.values[name] in (None, "none"):
+        jax.config.update(name, "gloo")
 
 
 def make_mesh(mesh_cfg: Mapping[str, Any] | None = None, devices=None) -> Mesh:

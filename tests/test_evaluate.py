@@ -1,10 +1,14 @@
 """What ``python launch.py eval`` shows: the headline table (``evaluate_planners``), which scenes
 EC counts on (``previous_index``), chunked scoring (``score_plans``), the one summariser
-(``sim.report.summarise``), and the stage refusing to run without a trained policy.
+(``sim.report.summarise``), streaming evaluation (``evaluate_stream``: batch by batch, equal to
+the split at once), and the stage: it streams, writes its files, and refuses to run without a
+trained policy.
 
-One compiled scorer (16-scene chunks of scorer_scenes' sizes) serves the whole file.
+One compiled scorer and simulator (16-scene chunks of scorer_scenes' sizes) serve the whole
+file.
 """
 
+import os
 import sys
 from types import ModuleType
 
@@ -134,3 +138,76 @@ def test_eval_stage_without_a_trained_policy_fails_and_says_what_to_run(split, t
     with pytest.raises(SystemExit, match="python launch.py il"):
         evaluate.run(config, str(tmp_path))
     assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def _batches_of(scenes, metas, batch):
+    """A split_batches-like stream of an in-memory split: batches of ``batch`` rows, the last
+    padded with copies of the last scene (metas None there)."""
+    n = len(metas)
+
+    def batches():
+        for start in range(0, n, batch):
+            where = np.arange(start, start + batch)
+            idx = np.minimum(where, n - 1)
+            yield (evaluate.select_scenes(scenes, idx),
+                   [metas[i] if i < n else None for i in where], where)
+    return batches
+
+
+def test_streaming_evaluation_equals_the_whole_split_at_once(split):
+    """evaluate_stream (two passes over batches, the last one padded; EC against the previous
+    frame's simulated plan even when that frame is in another batch) gives the table and the
+    plans of evaluate_planners on the split in memory."""
+    scenes, metas = split
+    n, base = 20, np.arange(20) % 6                   # 20 scenes: batches of 16, then 4 + padding
+    tiled = evaluate.select_scenes(scenes, base)
+    prev6 = evaluate.previous_index(metas)
+    prev = np.where(prev6[base] >= 0, np.arange(n) - base + prev6[base], -1)
+    prev[np.arange(n) >= 16] = np.where(prev[16:] >= 0, prev[16:] - 6, -1)  # across batches
+    tiled_metas = [_meta(f"s{i}", f"s{prev[i]}" if prev[i] >= 0 else None) for i in range(n)]
+    np.testing.assert_array_equal(evaluate.previous_index(tiled_metas), prev)
+    assert (prev[16:] >= 0).any() and (prev[16:] < 16).all()
+    planners = {"human": evaluate.expert_plan, "constant_velocity":
+                evaluate.constant_velocity_plan}
+    want, want_plans = evaluate.evaluate_planners(planners, tiled, batch_size=16,
+                                                  metas=tiled_metas)
+    got, got_plans, info = evaluate.evaluate_stream(
+        planners, _batches_of(tiled, tiled_metas, 16), keep=3)
+    assert list(got) == list(want) and got["human"]["ec_scenes"] == int((prev >= 0).sum())
+    for name in planners:
+        assert set(got[name]) == set(want[name])
+        for k, v in want[name].items():
+            if v is None:
+                assert got[name][k] is None, (name, k)
+            else:
+                np.testing.assert_allclose(got[name][k], v, rtol=1e-6, atol=1e-6,
+                                           err_msg=f"{name} {k}")
+        np.testing.assert_array_equal(got_plans[name], want_plans[name])
+    assert info["tokens"] == [m.token for m in tiled_metas]
+    assert info["scene_index"] == [0, 1, 2]
+    np.testing.assert_array_equal(info["scenes"].expert_future, tiled.expert_future[:3])
+
+
+def test_eval_stage_streams_the_split_and_writes_its_files_once(split, headline, tmp_path,
+                                                                 monkeypatch):
+    """``launch.py eval``'s run on a stream of batches (a trained policy stood in for by
+    constant velocity): the table is evaluate_planners', the plans file holds every scene's
+    token in split order, four BEV pictures."""
+    from configs import tiny
+    from irlvla_jax.train import stage_results
+    scenes, metas = split
+    monkeypatch.setattr(stage_results, "trained_planners",
+                        lambda config, workdir: {"il_policy": evaluate.constant_velocity_plan})
+    monkeypatch.setattr(evaluate, "split_batches",
+                        lambda config, name, mesh, limit: _batches_of(scenes, metas, 16))
+    result = evaluate.run(tiny.get_config(), str(tmp_path))
+    table, _ = headline
+    for name in ("human", "constant_velocity"):
+        assert result["policies"][name] == pytest.approx(table[name], rel=1e-6, abs=1e-6)
+    assert result["policies"]["il_policy"] == result["policies"]["constant_velocity"]
+    tokens, stages, plans = evaluate.load_plans(str(tmp_path / evaluate.PLANS_FILE))
+    assert tokens == [m.token for m in metas] and list(stages) == [1] * 6
+    assert set(plans) == {"human", "constant_velocity", "il_policy"}
+    assert [os.path.basename(p) for p in result["bev"]] == [f"bev_{i}.png" for i in range(4)]
+    assert all(os.path.exists(p) for p in result["bev"])
+    assert (tmp_path / "eval" / "eval.json").exists()
