@@ -12,6 +12,7 @@ import os
 import sys
 from types import ModuleType
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -211,3 +212,49 @@ def test_eval_stage_streams_the_split_and_writes_its_files_once(split, headline,
     assert [os.path.basename(p) for p in result["bev"]] == [f"bev_{i}.png" for i in range(4)]
     assert all(os.path.exists(p) for p in result["bev"])
     assert (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_streaming_over_two_processes_equals_one(split, monkeypatch):
+    """Two 'processes' (threads; ``_allgather`` exchanges their arrays in process order, as
+    process_allgather does) each read their half of every global batch; both get the
+    one-process table and plans, EC included where the previous frame is the other's."""
+    import threading
+    scenes, metas = split
+    n, base = 20, np.arange(20) % 6
+    tiled = evaluate.select_scenes(scenes, base)
+    prev = np.where(evaluate.previous_index(metas)[base] >= 0,
+                    np.arange(n) - base + evaluate.previous_index(metas)[base], -1)
+    tiled_metas = [_meta(f"s{i}", f"s{prev[i]}" if prev[i] >= 0 else None) for i in range(n)]
+    planners = {"constant_velocity": evaluate.constant_velocity_plan}
+    want, want_plans, _ = evaluate.evaluate_stream(planners, _batches_of(tiled, tiled_metas, 16))
+
+    whole = _batches_of(tiled, tiled_metas, 32)       # one global batch of 32, 12 padding rows
+
+    def rows(lo, hi):                                  # this process's rows of each batch
+        return lambda: ((evaluate.select_scenes(s, np.arange(lo, hi)), m[lo:hi], w[lo:hi])
+                        for s, m, w in whole())
+    barrier, shared = threading.Barrier(2), {}
+
+    def allgather(tree):
+        me = threading.current_thread().name
+        shared[me] = tree
+        barrier.wait()
+        out = jax.tree.map(lambda *x: np.concatenate(x), shared["p0"], shared["p1"])
+        barrier.wait()
+        return out
+    monkeypatch.setattr(evaluate, "_allgather", allgather)
+    got = {}
+    threads = [threading.Thread(name=f"p{i}", target=lambda i=i: got.__setitem__(
+        i, evaluate.evaluate_stream(planners, rows(16 * i, 16 * i + 16)))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert set(got) == {0, 1}
+    assert (prev[16:] >= 0).any()                      # EC against the other process's rows
+    for table, plans, info in got.values():
+        assert table["constant_velocity"] == pytest.approx(want["constant_velocity"],
+                                                           rel=1e-6, abs=1e-6)
+        np.testing.assert_array_equal(plans["constant_velocity"],
+                                      want_plans["constant_velocity"])
+        assert info["tokens"] == [m.token for m in tiled_metas]
