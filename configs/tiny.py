@@ -210,6 +210,9 @@ def get_config() -> ml_collections.ConfigDict:
         bev_sampling=False,
         bev_sample_dim=32,         # width of the sampler's conv over the BEV map
         bev_range_m=m.bev.get_ref("range_m"),   # the BEV map's [-r, r]^2 (its layout)
+        # a head on the waypoint tokens predicting the per-waypoint scene geometry (trained by
+        # irl.geometry_weight against ground truth; an output, never an input)
+        aux_geometry=False,
         dtype="float32",
     ))
     c.irl = ml_collections.ConfigDict(dict(
@@ -240,6 +243,9 @@ def get_config() -> ml_collections.ConfigDict:
         # auxiliary loss: the BEV sampler's features decoded into the BEV-semantic label
         # (a training target, never an input; needs rwm.bev_sampling; 0: off)
         bev_seg_weight=0.0,
+        # auxiliary loss: the waypoint tokens predict the ground-truth candidate-scene geometry
+        # (reward_model.interaction_features: a training target; needs rwm.aux_geometry; 0: off)
+        geometry_weight=0.0,
     ))
     # --- ppo: stage 3, DPPO in closed loop inside the RWM (irlvla_jax/train/ppo.py,
     #     rollout.py, advantages.py) ---------------------------------------------------------

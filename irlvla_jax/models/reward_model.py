@@ -93,12 +93,15 @@ class Predictions:
     """RWM outputs for K candidates per scene.
 
     nc_logits, ddc_logits [B,K,3] (classes 0, 0.5, 1); binary_logits [B,K,6] (``BINARY_METRICS``,
-    logit of the value 1); ep_logit [B,K] (EP = sigmoid).
+    logit of the value 1); ep_logit [B,K] (EP = sigmoid); geometry (see the field).
     """
     nc_logits: Any
     ddc_logits: Any
     binary_logits: Any
     ep_logit: Any
+    #: [B,K,8,INTERACTION_DIM] the per-waypoint scene geometry predicted from the waypoint
+    #: tokens (``rwm.aux_geometry``: an auxiliary training target, never an input), or None
+    geometry: Any = None
 
     def subscores(self, ec_weight) -> types.SubScores:
         """Expected sub-scores [B,K]; ec_weight [B] or [B,K] (1 where EC counts)."""
@@ -464,6 +467,10 @@ class RewardModel(nn.Module):
         self.head_3class = nn.Dense(6, dtype=jnp.float32, name="head_nc_ddc")
         self.head_binary = nn.Dense(len(BINARY_METRICS), dtype=jnp.float32, name="head_binary")
         self.head_ep = nn.Dense(1, dtype=jnp.float32, name="head_ep")
+        if cfg.get("aux_geometry", False):
+            self.geom_norm = layers.RMSNorm(dtype=dt)
+            self.head_geometry = nn.Dense(INTERACTION_DIM, dtype=jnp.float32,
+                                          name="head_geometry")
 
     # -- scene -----------------------------------------------------------------------------
     def encode_scene(self, scene: types.Scene, policy_tokens: SceneTokens | None = None
@@ -528,8 +535,12 @@ class RewardModel(nn.Module):
             x = x.reshape(b, k, types.PLAN_LEN, d)
         h = self.out_norm(jnp.mean(x, axis=2)).astype(jnp.float32)       # [B,K,D]
         three = self.head_3class(h)
+        geometry = None
+        if self.cfg.get("aux_geometry", False):
+            geometry = self.head_geometry(self.geom_norm(x).astype(jnp.float32))  # [B,K,8,G]
         return Predictions(nc_logits=three[..., :3], ddc_logits=three[..., 3:],
-                           binary_logits=self.head_binary(h), ep_logit=self.head_ep(h)[..., 0])
+                           binary_logits=self.head_binary(h), ep_logit=self.head_ep(h)[..., 0],
+                           geometry=geometry)
 
     def bev_seg_logits(self, policy_tokens: SceneTokens, hw) -> jax.Array:
         """The sampler's features decoded into BEV classes [B,*hw,7] (auxiliary training

@@ -160,6 +160,16 @@ def bev_seg_loss(model: rwm_lib.RewardModel, params, tokens, scene: types.Scene,
     return _weighted_mean(ce, w)
 
 
+def geometry_loss(pred: rwm_lib.Predictions, scene: types.Scene, trajs):
+    """Auxiliary loss (``irl.geometry_weight``): the RWM's per-waypoint tokens predict the
+    candidate-scene geometry the scorer's checks rest on (``reward_model.interaction_features``
+    of the ground truth: box overlap / clearance / gap / headway to the logged agents, red
+    connectors, off-road corners, off-route, distance to the centreline) -> mean squared error [].
+    The ground truth is a training target here, never an input of the RWM."""
+    target = rwm_lib.interaction_features(rwm_lib.scene_geometry(scene), trajs)
+    return jnp.mean((pred.geometry - jax.lax.stop_gradient(target)) ** 2)
+
+
 def label_statistics(labels: types.SubScores):
     """Means the 'training mean' baseline needs: each sub-score's mean and the 3-class
     frequencies. labels [B,K] -> dict of [] (EC over scenes where it counts)."""
@@ -225,6 +235,10 @@ def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scor
     icfg = config.irl
     cands = make_candidates_fn(config, policy_fn)
     seg_weight = float(icfg.get("bev_seg_weight", 0.0))
+    geom_weight = float(icfg.get("geometry_weight", 0.0))
+    if geom_weight > 0 and not config.rwm.get("aux_geometry", False):
+        raise ValueError("config.irl.geometry_weight > 0 trains the RWM's geometry head: it "
+                         "needs config.rwm.aux_geometry = True")
     if seg_weight > 0 and not config.rwm.get("bev_sampling", False):
         raise ValueError("config.irl.bev_seg_weight > 0 trains the RWM's BEV sampler: it needs "
                          "config.rwm.bev_sampling = True")
@@ -245,6 +259,9 @@ def make_train_step(config, model: rwm_lib.RewardModel, label_fn: LabelFn = scor
             if seg_weight > 0:
                 parts = dict(parts, bev_seg=bev_seg_loss(model, params, tokens, scene, logged))
                 total = total + seg_weight * parts["bev_seg"]
+            if geom_weight > 0:
+                parts = dict(parts, geometry=geometry_loss(pred, scene, trajs))
+                total = total + geom_weight * parts["geometry"]
             return total, (parts, irl_metrics, reward)
 
         (loss, (parts, irl_metrics, reward)), grads = jax.value_and_grad(
