@@ -102,8 +102,15 @@ def _wait(procs, timeout=400):
             if p.poll() is None:
                 p.kill()
     for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+        assert p.returncode == 0, _tail(out)
     return outs
+
+
+def _tail(out: str) -> str:
+    """A failed process's error lines (a native crash prints a long stack after them) and its
+    last lines."""
+    errors = [s for s in out.splitlines() if "Error" in s or "error:" in s][:20]
+    return "\n".join(errors) + "\n...\n" + out[-3000:]
 
 
 def _two_processes(runner, cfg, workdir, logs):
@@ -118,9 +125,10 @@ def _kill_after_checkpoint(procs, ckpt_dir, step, timeout=400):
     while not os.path.isdir(os.path.join(ckpt_dir, str(step))):
         for p in procs:
             if p.poll() is not None:
-                rest = [q.kill() for q in procs]
-                raise AssertionError(f"a process ended before checkpoint {step} "
-                                     f"({len(rest)}): {p.communicate()[0][-4000:]}")
+                for q in procs:
+                    q.kill()
+                raise AssertionError(f"a process ended before checkpoint {step}:\n"
+                                     + _tail(p.communicate()[0]))
         assert time.time() - t0 < timeout, "no checkpoint in time"
         time.sleep(0.05)
     for p in procs:
