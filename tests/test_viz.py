@@ -35,7 +35,7 @@ def scene():
     s["red_light_is_red"][0] = True
     # A lead vehicle 15 m ahead; a pedestrian on the right; a padded agent row (invalid) that
     # must not be drawn although its numbers are set.
-    s["agent_states"][0, :, 0] = 15 + np.arange(9) * 2.0
+    s["agent_states"][0, :, 0] = 15 + np.arange(types.NUM_AGENT_STEPS) * 2.0
     s["agent_size"][0] = (4.5, 2.0, 1.6)
     s["agent_valid"][0] = True
     s["agent_states"][1, :, :2] = (20.0, -8.0)

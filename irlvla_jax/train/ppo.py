@@ -429,13 +429,15 @@ def run(config, workdir: str) -> dict:
     state = train(config, workdir, update, state, frozen, batches, rng=k_train,
                   place=lambda st: jax.device_put(st, state_sh))
 
+    # Streamed batch by batch (each process its rows), never the whole split in host memory.
     limit = None if cfg.eval_scenes < 0 else cfg.eval_scenes
-    scenes, metas = loader.load_split_numpy(config, config.data.eval_split, limit)
     plan_fn = stage_results.deterministic_plan_fn(model)
-    rl_vars = stage_results.rl_policy_variables(il_vars, jax.device_get(state.params))
-    table, _ = evaluate.evaluate_planners(
-        {"il_policy": stage_results.as_planner(plan_fn, il_vars),
-         "rl_policy": stage_results.as_planner(plan_fn, rl_vars)}, scenes, metas=metas)
+    il_host = parallel.to_host(il_vars)
+    rl_vars = stage_results.rl_policy_variables(il_host, parallel.to_host(state.params))
+    table, _, _ = evaluate.evaluate_stream(
+        {"il_policy": stage_results.as_planner(plan_fn, il_host),
+         "rl_policy": stage_results.as_planner(plan_fn, rl_vars)},
+        evaluate.split_batches(config, config.data.eval_split, mesh, limit))
     result = {"split": config.data.eval_split, "reward": cfg.reward,
               "advantage": cfg.advantage, "horizon": cfg.horizon,
               "epdms": table["rl_policy"]["epdms"], "policies": table}
