@@ -316,10 +316,10 @@ def test_stops_at_red_light_not_at_green(planner):
 
 def test_red_light_preselection_is_exact(monkeypatch):
     """The red lights against the corridor (chunks whose bounds overlap the light's) and in the
-    lead rows (the first lights red and ahead, in light order): with one slot each, an L-shaped
-    light whose bounds reach a corridor chunk it does not touch (it crosses the road in the
-    next one) and a nearer second light ahead overflow, and only the fallbacks give the result
-    of testing everything (the default slots hold both)."""
+    lead rows (the lights red and ahead with the nearest bounding boxes): with one slot each,
+    an L-shaped light whose bounds reach a corridor chunk it does not touch (it crosses the
+    road in the next one) and its box nearer than a second light ahead overflow, and only the
+    fallbacks give the result of testing everything (the default slots hold both)."""
     red = straight_road(speed=8.0, speed_limit=10.0)
     add_red_light(red, 0, 0.0, 1.0)
     red["red_light_polygons"][0] = np.array(
@@ -341,3 +341,74 @@ def test_red_light_preselection_is_exact(monkeypatch):
     got = run()
     for name in ("poses", "states", "proposal_poses", "proposal_scores", "best"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def _random_rings(rng, num, vertices, max_real):
+    """num star-shaped rings of 3..max_real vertices around centres in a 40 m square, padded to
+    ``vertices`` with vertex 0 -> (rings [num,V,2] float32, real counts [num])."""
+    rings = np.zeros((num, vertices, 2), np.float32)
+    counts = rng.integers(3, max_real + 1, num)
+    for i, n in enumerate(counts):
+        angle = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(0.5, 4.0, n)
+        ring = rng.uniform(-20, 20, 2) + radius[:, None] * np.stack([np.cos(angle),
+                                                                     np.sin(angle)], -1)
+        rings[i, :n], rings[i, n:] = ring, ring[0]
+    return rings, counts
+
+
+def test_short_rings_cut_only_padding():
+    rng = np.random.default_rng(0)
+    rings, counts = _random_rings(rng, 64, 24, 12)
+    short, long = pc.preselect.short_rings(jnp.asarray(rings), 8)
+    assert short.shape == (64, 8, 2)
+    np.testing.assert_array_equal(np.asarray(long), counts > 8)
+    assert 0 < (counts > 8).sum() < 64
+    # Where not long, every predicate reads the same: distances and containment.
+    box = (jnp.zeros((64, 2)) + 1.0, jnp.full((64,), 0.3))
+    full_d = geometry.box_polygon_distance(*box, 2.5, 1.0, rings,
+                                           geometry.edge_table(jnp.asarray(rings)))
+    short_d = geometry.box_polygon_distance(*box, 2.5, 1.0, short, geometry.edge_table(short))
+    np.testing.assert_array_equal(np.asarray(short_d)[counts <= 8],
+                                  np.asarray(full_d)[counts <= 8])
+    same, none = pc.preselect.short_rings(jnp.asarray(rings), 24)
+    assert same.shape == rings.shape and not np.asarray(none).any()
+
+
+@pytest.mark.parametrize("lead_capacity,vertex_capacity", [(1, 24), (1, 4), (2, 8), (8, 24)])
+def test_red_light_lead_distances_are_the_least_over_every_light(monkeypatch, lead_capacity,
+                                                                 vertex_capacity):
+    """The least measured distance of each row is the least distance to every light ahead,
+    measured in full, with few slots (nearest bounding boxes first: rows whose next bound is
+    nearer than the nearest measured light) and rings longer than the vertex cap (measured in
+    full by the fallback)."""
+    monkeypatch.setattr(pc, "RED_LIGHT_LEAD_CAPACITY", lead_capacity)
+    monkeypatch.setattr(pc, "RED_LIGHT_VERTEX_CAPACITY", vertex_capacity)
+    rng = np.random.default_rng(1)
+    polys, counts = _random_rings(rng, 8, 24, 20)
+    polys, edges = jnp.asarray(polys), geometry.edge_table(jnp.asarray(polys))
+    ego_c = jnp.asarray(rng.uniform(-25, 25, (3, 40, 2)), jnp.float32)
+    heading = jnp.asarray(rng.uniform(-np.pi, np.pi, (3, 40)), jnp.float32)
+    ahead = rng.random((3, 40, 8)) < 0.6
+    ahead[:, 0] = False                                      # no light ahead: +inf
+    ahead = jnp.asarray(ahead)
+    got = jax.jit(lambda c, h, a: pc._red_light_distances(c, h, a, pc._red_light_tables(
+        polys, edges)))(ego_c, heading, ahead)
+    assert got.shape == (3, 40, min(lead_capacity, 8))
+    every = geometry.box_polygon_distance(ego_c[..., None, :], heading[..., None],
+                                          geometry.EGO_HALF_LENGTH, geometry.EGO_HALF_WIDTH,
+                                          polys, edges)                     # [3,40,8]
+    want = np.where(np.asarray(ahead), np.asarray(every), np.inf).min(-1)
+    np.testing.assert_array_equal(np.asarray(got).min(-1), want)
+    assert np.isinf(want[:, 0]).all() and np.isfinite(want[:, 1:]).all()
+    if vertex_capacity < 20:
+        assert (counts > vertex_capacity).any()
+    # The nearest bounding box is not always the nearest light: the bound alone would be wrong.
+    lo, hi = polys.min(-2), polys.max(-2)
+    bound = geometry.box_distance(ego_c[..., None, :], jnp.stack(
+        [jnp.cos(heading), jnp.sin(heading)], -1)[..., None, :], jnp.array(
+        [geometry.EGO_HALF_LENGTH, geometry.EGO_HALF_WIDTH]), 0.5 * (lo + hi),
+        jnp.array([1.0, 0.0]), 0.5 * (hi - lo))
+    by_bound = np.where(np.asarray(ahead), np.asarray(bound), np.inf).argmin(-1)
+    assert (np.take_along_axis(np.asarray(every), by_bound[..., None], -1)[..., 0] >
+            want)[:, 1:].any()

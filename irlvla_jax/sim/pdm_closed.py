@@ -144,11 +144,18 @@ CORRIDOR_FALLBACK_ROWS = 64
 # this many pairs at a time.
 CORRIDOR_LIGHT_CHUNK_CAPACITY = 6
 CORRIDOR_LIGHT_FALLBACK_ROWS = 4
-# Red lights measured per proposal at a lead-row update: the first this many that are red on
-# its path's corridor and ahead of it (exact rings are long; see _red_light_distances); rows
-# with more are redone against every light, this many rows at a time.
+# Red lights measured per proposal at a lead-row update: of those red on its path's corridor
+# and ahead of it, the this many nearest by their bounding box (a lower bound of the exact
+# distance), against their rings cut to RED_LIGHT_VERTEX_CAPACITY vertices (lane connectors
+# have tens; padded to the map's vertex cap). Rows where an unmeasured light could be nearer
+# than the nearest measured one, or a measured ring is longer, are redone against every light
+# in full, this many rows at a time (see _red_light_distances).
 RED_LIGHT_LEAD_CAPACITY = 2
+RED_LIGHT_VERTEX_CAPACITY = 64
 RED_LIGHT_LEAD_FALLBACK_ROWS = 5
+# Bounding-box lower bounds are lowered by this much (m) against float32 rounding: a light
+# whose bound is within it of the nearest measured distance is measured too (exact either way).
+_RED_LIGHT_BOUND_MARGIN = 1e-3
 
 
 def _near_discs(boxes, discs, disc_mask):
@@ -298,37 +305,69 @@ def _box_frames(obs: Observation, steps):
     return jnp.moveaxis(obs.agent_center[:, steps], 0, 1), axis, half
 
 
-def _red_light_distances(ego_c, heading, ahead_red, red_polys, red_edges):
+def _red_light_distances(ego_c, heading, ahead_red, red):
     """Distances from the ego boxes to the red lights ahead of them, packed: ego_c [P,n,2],
-    heading [P,n], ahead_red [P,n,L], red_polys [L,V,2], red_edges [L,V,6] -> [P,n,C] (C =
-    ``RED_LIGHT_LEAD_CAPACITY``; +inf in unused slots).
+    heading [P,n], ahead_red [P,n,L]; red: the scene's red lights (:func:`_red_light_tables`)
+    -> [P,n,C] (C = ``RED_LIGHT_LEAD_CAPACITY``; +inf in unused slots).
 
-    The exact rings are long (tens of vertices), and few lights are red and ahead on a path:
-    only the first C of each row are measured, in light order. A row with more lights ahead
-    is redone against all of them (``preselect.complete``) and keeps their least distance in
-    slot 0. Either way the least finite value is the least distance to a light ahead, and a tie
-    with an agent still goes to the agent (agents come first in the lead argmin), so the lead
-    row is that of measuring every light."""
+    The exact rings are long (tens of vertices, padded to the map's vertex cap) and few lights
+    are red and ahead on a path. Each row measures the C lights ahead whose bounding boxes are
+    nearest (the box distance is a lower bound of the ring's), against their rings cut short
+    (``preselect.short_rings``). A row where an unmeasured light's bound (less a margin against
+    rounding) is below the least measured distance, or a measured ring is long, is redone
+    against every light ahead in full (``preselect.complete``) and keeps their least distance
+    in slot 0. Either way the least finite value is the least distance to a light ahead, and a
+    tie with an agent still goes to the agent (agents come first in the lead argmin), so the
+    lead row is that of measuring every light."""
     num_p, num_n, num_l = ahead_red.shape
     rows = ahead_red.reshape(num_p * num_n, num_l)
     c = ego_c.reshape(-1, 2)
     h = heading.reshape(-1)
+    axis = jnp.stack([jnp.cos(h), jnp.sin(h)], -1)
+    ego_half = jnp.array([geometry.EGO_HALF_LENGTH, geometry.EGO_HALF_WIDTH])
+    bound = geometry.box_distance(c[:, None], axis[:, None], ego_half, red["box_centre"],
+                                  jnp.array([1.0, 0.0]), red["box_half"])          # [M,L]
+    bound = jnp.where(rows, bound - _RED_LIGHT_BOUND_MARGIN, jnp.inf)
     capacity = min(RED_LIGHT_LEAD_CAPACITY, num_l)
-    pick, valid, overflow = preselect.first_true(rows, capacity)                   # [M,C]
+    # The C least bounds: int32 keys of the (non-negative after clamping) bounds, min-reductions.
+    key = jax.lax.bitcast_convert_type(jnp.maximum(bound, 0.0), jnp.int32)
+    picks = []
+    for _ in range(capacity):
+        least = key.min(-1)
+        pick = jnp.where(key == least[:, None], jnp.arange(num_l), num_l).min(-1)
+        picks.append(jnp.minimum(pick, num_l - 1))
+        key = jnp.where(jnp.arange(num_l) == pick[:, None], jnp.iinfo(jnp.int32).max, key)
+    pick = jnp.stack(picks, -1)                                                    # [M,C]
+    valid = jnp.take_along_axis(rows, pick, -1)
     d = geometry.box_polygon_distance(c[:, None], h[:, None], geometry.EGO_HALF_LENGTH,
-                                      geometry.EGO_HALF_WIDTH, red_polys[pick],
-                                      red_edges[pick])                              # [M,C]
+                                      geometry.EGO_HALF_WIDTH, red["short_polys"][pick],
+                                      red["short_edges"][pick])                     # [M,C]
     d = jnp.where(valid, d, jnp.inf)
-    if capacity < num_l:
-        def every_light(i):
-            d_all = geometry.box_polygon_distance(
-                c[i][:, None], h[i][:, None], geometry.EGO_HALF_LENGTH,
-                geometry.EGO_HALF_WIDTH, red_polys[None], red_edges[None])         # [M,L]
-            least = jnp.where(rows[i], d_all, jnp.inf).min(-1)
-            return jnp.full((i.shape[0], capacity), jnp.inf).at[:, 0].set(least)
+    # The least bound left unmeasured (the keys of the picked lights are now int32 max).
+    rest = jnp.where(key == jnp.iinfo(jnp.int32).max, jnp.inf, bound).min(-1)
+    overflow = (rest < d.min(-1)) | (valid & red["long"][pick]).any(-1)
 
-        d = preselect.complete(overflow, d, every_light, RED_LIGHT_LEAD_FALLBACK_ROWS)
+    def every_light(i):
+        d_all = geometry.box_polygon_distance(
+            c[i][:, None], h[i][:, None], geometry.EGO_HALF_LENGTH,
+            geometry.EGO_HALF_WIDTH, red["polys"][None], red["edges"][None])           # [M,L]
+        least = jnp.where(rows[i], d_all, jnp.inf).min(-1)
+        return jnp.full((i.shape[0], capacity), jnp.inf).at[:, 0].set(least)
+
+    d = preselect.complete(overflow, d, every_light, RED_LIGHT_LEAD_FALLBACK_ROWS)
     return d.reshape(num_p, num_n, capacity)
+
+
+def _red_light_tables(polys, edges):
+    """The scene's red lights for :func:`_red_light_distances`: polys [L,V,2], edges [L,V,6]
+    (``geometry.edge_table``) in full, their rings cut to ``RED_LIGHT_VERTEX_CAPACITY``
+    (short_polys, short_edges, long [L]: ``preselect.short_rings``) and bounding boxes
+    (box_centre, box_half [L,2])."""
+    short, long = preselect.short_rings(polys, RED_LIGHT_VERTEX_CAPACITY)
+    lo, hi = polys.min(-2), polys.max(-2)
+    return jax.tree.map(preselect.materialize, dict(
+        polys=polys, edges=edges, short_polys=short, short_edges=geometry.edge_table(short),
+        long=long, box_centre=0.5 * (lo + hi), box_half=0.5 * (hi - lo)))
 
 
 def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation, step):
@@ -346,8 +385,7 @@ def _lead_rows(t, pose_prev, s_prev, ctx, obs: Observation, step):
     ego_half = jnp.array([geometry.EGO_HALF_LENGTH, geometry.EGO_HALF_WIDTH])
     d_box = geometry.box_distance(ego_c[..., None, :], ego_axis[..., None, :], ego_half,
                                   step["centre"], ctx["box_axis"], ctx["box_half"])  # [P,n,A]
-    d_red = _red_light_distances(ego_c, pose_prev[..., 2], ahead_red, obs.red_polygons,
-                                 ctx["red_edges"])                             # [P,n,C]
+    d_red = _red_light_distances(ego_c, pose_prev[..., 2], ahead_red, ctx["red"])  # [P,n,C]
     ahead = jnp.concatenate([ahead_box, jnp.isfinite(d_red)], -1)
     d_all = jnp.where(ahead, jnp.concatenate([d_box, d_red], -1), jnp.inf)       # [P,n,A+C]
     # argmin (first on ties) as two int32 reductions over the distances' bit patterns (order
@@ -452,7 +490,7 @@ def pdm_closed_details(scene: types.Scene) -> dict:
     steps = dict(box_in=box_in, box_prog=box_prog, centre=centre,
                  red_on=obs.red_active[:, even].T[:, None] & red_in[None])           # [25,P,L]
     ctx = dict(paths=paths, valid=valid, length=length, red_prog=red_prog, box_axis=box_axis,
-               box_half=box_half, red_edges=red_edges)
+               box_half=box_half, red=_red_light_tables(red_polys, red_edges))
 
     # Initial IDM state per proposal: progress of the rear axle, logged speed, path pose.
     pose0 = jax.vmap(lambda p, s: geometry.polyline_interpolate(p, valid, s))(paths, s0)

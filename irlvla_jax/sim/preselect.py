@@ -96,6 +96,23 @@ def complete(pending, values, compute, chunk):
     return jax.lax.while_loop(lambda c: c[0].any(), body, (pending, values))[1]
 
 
+def short_rings(polys, capacity):
+    """Rings cut to their first ``capacity`` vertices, where that loses nothing.
+
+    polys [...,V,2] padded rings (padded vertices repeat vertex 0, the Scene's convention) ->
+    (short [...,min(V, capacity),2], long [...] bool: a vertex past ``capacity`` differs from
+    vertex 0). A ring that is not long is the same ring cut short: the vertices dropped are
+    copies of vertex 0, so the cut ring has the same edges but for zero-length ones at vertex 0
+    (its closing edge, last vertex -> vertex 0, is the edge into the first dropped copy). Every
+    predicate and distance on the short ring is that of the full one; a long ring must be
+    tested in full (the caller's fallback).
+    """
+    if capacity >= polys.shape[-2]:
+        return polys, jnp.zeros(polys.shape[:-2], bool)
+    rest = polys[..., capacity:, :]
+    return polys[..., :capacity, :], (rest != polys[..., :1, :]).any((-1, -2))
+
+
 def box_lo_hi(corners):
     """corners [...,4,2] -> (lo [...,2], hi [...,2]) axis-aligned bounds."""
     return corners.min(-2), corners.max(-2)
