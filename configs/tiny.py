@@ -183,6 +183,7 @@ def get_config() -> ml_collections.ConfigDict:
         focal_alpha=0.25, focal_gamma=2.0,
         log_every=10, eval_every=100, ckpt_every=100, keep_ckpts=2,
         eval_batches=4,             # held-out batches per periodic evaluation (-1: whole split)
+        eval_epdms=True,            # the final evaluation also scores the plans (EPDMS)
         final_eval_batches=-1,
         # param paths IL leaves at their initial (pretrained) values, e.g. ("vision",) for the
         # backbone, ("semantic/llm",) for the LM: no updates, no optimizer moments
