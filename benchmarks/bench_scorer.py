@@ -22,7 +22,9 @@ gets 24). Two numbers per configuration:
   candidate cost alone (what a training loop pays when it caches the per-scene work).
 
 Compilation is timed apart; each timing is the median of ``--reps`` runs, and the load average
-(``os.getloadavg``, 1 min) is printed beside it, since the CPU may be shared. ``fb`` columns: the
+(``os.getloadavg``, 1 min) is printed beside it, since the CPU may be shared. ``cpu s``: the
+median process CPU time of a run (all threads); on a machine shared with other jobs it moves
+far less than the wall time, so compare ratios of it when the load is high. ``fb`` columns: the
 share of candidate poses whose ego-area pre-selection overflowed, and of candidates whose
 NC/TTC agent pre-selection did, i.e. that took the exact fallback.
 """
@@ -145,14 +147,17 @@ def candidate_plans(rng, batch, k, speed):
 
 
 def _time(fn, args, reps):
+    """-> (median wall seconds, median process CPU seconds, the output). CPU time (all of the
+    process's threads) moves far less than wall time when other jobs share the cores."""
     out = fn(*args)
     jax.block_until_ready(out)
-    ts = []
+    ts, cs = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(*args))
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), out
+        cs.append(time.process_time() - c)
+    return float(np.median(ts)), float(np.median(cs)), out
 
 
 def bench(batch, k, agents, polygons, reps, seed=0):
@@ -171,7 +176,7 @@ def bench(batch, k, agents, polygons, reps, seed=0):
     t0 = time.perf_counter()
     full_c = full.lower(scene, plans).compile()
     compile_full = time.perf_counter() - t0
-    t_full, (_, details) = _time(full_c, (scene, plans), reps)
+    t_full, c_full, (_, details) = _time(full_c, (scene, plans), reps)
 
     obs = jax.jit(jax.vmap(observation.build_observation))(scene)
     _, ref = jax.jit(jax.vmap(pdm_closed.pdm_closed))(scene)
@@ -179,12 +184,13 @@ def bench(batch, k, agents, polygons, reps, seed=0):
     t0 = time.perf_counter()
     cands_c = cands.lower(scene, plans, obs, ref).compile()
     compile_cands = time.perf_counter() - t0
-    t_cands, _ = _time(cands_c, (scene, plans, obs, ref), reps)
+    t_cands, c_cands, _ = _time(cands_c, (scene, plans, obs, ref), reps)
     n = batch * k
     raw = details.raw
     return dict(device=jax.devices()[0].platform, batch=batch, k=k, agents=agents,
                 polygons=polygons, full_traj_per_s=n / t_full, cands_traj_per_s=n / t_cands,
-                full_s=t_full, cands_s=t_cands, compile_full_s=compile_full,
+                full_s=t_full, cands_s=t_cands, full_cpu_s=c_full, cands_cpu_s=c_cands,
+                compile_full_s=compile_full,
                 compile_cands_s=compile_cands,
                 area_fallback=float(np.asarray(raw["area_overflow"]).mean()),
                 agent_fallback=float(np.asarray(raw["agent_overflow"]).any(-1).mean()),
@@ -196,14 +202,16 @@ def _ints(s):
 
 
 HEADER = (f"{'src':>4} {'dev':>4} {'B':>4} {'K':>5} {'A':>4} {'P':>4} | {'full traj/s':>11} "
-          f"{'cands traj/s':>12} | {'full s':>7} {'cands s':>7} | {'compile s':>9} | "
-          f"{'fb area':>7} {'fb agent':>8} | load")
+          f"{'cands traj/s':>12} | {'full s':>7} {'cands s':>7} | {'full cpu s':>10} "
+          f"{'cands cpu s':>11} | {'compile s':>9} | {'fb area':>7} {'fb agent':>8} | load")
 
 
 def _row(src, r):
     return (f"{src:>4} {r['device']:>4} {r['batch']:>4} {r['k']:>5} {r['agents']:>4} "
             f"{r['polygons']:>4} | {r['full_traj_per_s']:>11.0f} {r['cands_traj_per_s']:>12.0f} | "
             f"{r['full_s']:>7.3f} {r['cands_s']:>7.3f} | "
+            f"{r.get('full_cpu_s', float('nan')):>10.3f} "
+            f"{r.get('cands_cpu_s', float('nan')):>11.3f} | "
             f"{r['compile_full_s']:>4.0f},{r['compile_cands_s']:>4.0f} | "
             f"{100 * r.get('area_fallback', float('nan')):>6.1f}% "
             f"{100 * r.get('agent_fallback', float('nan')):>7.1f}% | {r.get('load', float('nan')):.1f}")

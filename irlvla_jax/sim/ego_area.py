@@ -35,6 +35,10 @@ from irlvla_jax.sim.preselect import complete, first_true, materialize
 AREA_CAPACITY = 8
 ROWS_PER_POLYGON = 2
 ROW_CAPACITY = 12
+# The centre and the rear axle test only on-route lanes and intersections (1.2 and 0.3
+# polygons on average, one row each): fewer slots.
+CENTRE_CAPACITY = 4
+CENTRE_ROW_CAPACITY = 4
 # Edges per row.
 ROW_EDGES = 16
 # The points that overflow those (0.05% in the synthetic world's scenes, 0.5% in the benchmark's)
@@ -241,10 +245,21 @@ def ego_areas(points, scene, capacity=AREA_CAPACITY):
     # The ray across the ego's heading (FL - RL): roads mostly run along it.
     along = points[:, 0] - points[:, 1]
     axis = jnp.repeat((jnp.abs(along[:, 0]) >= jnp.abs(along[:, 1])).astype(jnp.int32), 6)
-    index, inside, overflow = _inside_preselected(xy, role, axis, tables, capacity,
-                                                  ROW_CAPACITY, ROWS_PER_POLYGON)
-    index = jnp.pad(index, ((0, 0), (0, wide - capacity)))
-    inside = jnp.pad(inside, ((0, 0), (0, wide - capacity)))
+    # The corners test lanes and drivable polygons; the centre and the rear axle only on-route
+    # lanes and intersections, far fewer: they get fewer slots.
+    parts = []
+    for sel, cap, row_cap in ((slice(0, 4), capacity, ROW_CAPACITY),
+                              (slice(4, 6), min(capacity, CENTRE_CAPACITY),
+                               min(ROW_CAPACITY, CENTRE_ROW_CAPACITY))):
+        pick = lambda x: x.reshape((num_t, 6) + x.shape[1:])[:, sel].reshape(
+            (-1,) + x.shape[1:])
+        i, inn, o = _inside_preselected(pick(xy), pick(role), pick(axis), tables, cap,
+                                        row_cap, ROWS_PER_POLYGON)
+        widths = ((0, 0), (0, wide - cap))
+        parts.append((jnp.pad(i, widths).reshape(num_t, -1, wide),
+                      jnp.pad(inn, widths).reshape(num_t, -1, wide), o.reshape(num_t, -1)))
+    index, inside, overflow = (jnp.concatenate(x, 1).reshape((num_t * 6,) + x[0].shape[2:])
+                               for x in zip(*parts))
     # The points that overflowed, redone with wide slots (a fixed share of all points).
     share = max(1, math.ceil(WIDE_SHARE * xy.shape[0]))
     (redo,) = jnp.nonzero(overflow, size=share, fill_value=xy.shape[0])
