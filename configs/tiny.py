@@ -280,7 +280,7 @@ def get_config() -> ml_collections.ConfigDict:
         vf_coef=0.5, value_hidden=128,
         epochs=2, minibatches=2,
         lr=1e-3, warmup_steps=0, weight_decay=0.0, clip_norm=1.0, end_lr_factor=1.0,
-        log_every=1, ckpt_every=10, keep_ckpts=2,
+        log_every=5, ckpt_every=10, keep_ckpts=2,   # log_every: also how often log_scorer runs
         eval_scenes=-1,            # held-out scenes for rl/eval.json (-1: the whole eval split)
     ))
     return c
