@@ -7,25 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
+from random_data import random_data_config
 from irlvla_jax import parallel, types
-from irlvla_jax.data import loader, prepare
-
-SIZES = dict(num_future=10, cameras=("CAM_F0",), image_hw=(8, 16), lidar_bev_hw=(8, 8),
-             bev_hw=(8, 8), max_agents=4, max_polygons=6, max_polygon_vertices=5,
-             max_centerline=12, max_red_lights=2, max_lanes=3, lane_points=4)
-
+from irlvla_jax.data import loader
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    c = tiny.get_config()
-    c.data.dir = str(tmp_path_factory.mktemp("data"))
-    c.data.source = "random"
-    c.data.random_scenes = 16
-    c.data.batch_size = 8
-    c.data.sizes.update(SIZES)
-    prepare.prepare_data(c)
-    return c
+    return random_data_config(tmp_path_factory, scenes=16, batch_size=8)
 
 
 @pytest.fixture(scope="module")
