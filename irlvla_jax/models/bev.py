@@ -32,6 +32,17 @@ def bev_cell_centers(hw: Sequence[int], range_m: float) -> np.ndarray:
     return np.stack(np.meshgrid(x, y, indexing="ij"), axis=-1).astype(np.float32)
 
 
+def bev_cell_coords(points: jax.Array, hw: Sequence[int], range_m: float
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Inverse of :func:`bev_cell_centers`: ego-frame points [..., 2] -> fractional (row, col)
+    [...] of an ``hw`` raster over [-r, r]^2 (x = r - (row + 0.5) * 2r / h; cell centres land
+    on integers), for bilinear reads of a BEV map at arbitrary points."""
+    h, w = hw
+    row = (range_m - points[..., 0]) * (h / (2 * range_m)) - 0.5
+    col = (range_m - points[..., 1]) * (w / (2 * range_m)) - 0.5
+    return row, col
+
+
 def sine_encoding(coords: jax.Array, num_freqs: int = 8) -> jax.Array:
     """coords [..., n] (roughly in [-1, 1]) -> [..., n * 2 * num_freqs] sin/cos features."""
     freqs = (2.0 ** jnp.arange(num_freqs, dtype=jnp.float32)) * jnp.pi

@@ -47,6 +47,7 @@ import numpy as np
 
 from irlvla_jax import geometry as geo
 from irlvla_jax import types
+from irlvla_jax.models import bev as bev_lib
 from irlvla_jax.models import layers
 from irlvla_jax.models.planner import SceneTokens
 from irlvla_jax.models.policy import ego_status_features
@@ -299,13 +300,12 @@ def sample_bev(bev_map, points, range_m: float):
     """Bilinear read of a BEV feature map at ego-frame points.
 
     bev_map [B,H,W,C] (layout of ``bev.bev_cell_centers`` over [-r, r]^2: row 0 = x = +r
-    ahead, column 0 = y = +r left, as ``rollout.warp_bev`` inverts it); points [B,...,2] ->
+    ahead, column 0 = y = +r left; ``bev.bev_cell_coords``); points [B,...,2] ->
     (features [B,...,C], inside [B,...] bool). Points off the map read 0 (as the warp's).
     """
     b, h, w, c = bev_map.shape
     pts = points.reshape(b, -1, 2).astype(jnp.float32)
-    row = (range_m - pts[..., 0]) * (h / (2 * range_m)) - 0.5
-    col = (range_m - pts[..., 1]) * (w / (2 * range_m)) - 0.5
+    row, col = bev_lib.bev_cell_coords(pts, (h, w), range_m)
     r0, c0 = jnp.floor(row), jnp.floor(col)
     flat = bev_map.reshape(b, h * w, c).astype(jnp.float32)
     out = jnp.zeros((*pts.shape[:2], c), jnp.float32)
@@ -367,7 +367,7 @@ def scene_entity_features(scene: types.Scene) -> dict[str, tuple[jax.Array, jax.
     """
     f32 = jnp.float32
     b = scene.speed_limit.shape[0]
-    nf = types.SCORED_AGENT_STEPS        # the logged boxes at 0 .. 4 s (not the closed loop's 5th s)
+    nf = types.SCORED_AGENT_STEPS      # logged boxes at 0 .. 4 s, not the closed loop's 5th s
     a = scene.agent_states[:, :, :nf].astype(f32)
     av = scene.agent_valid[:, :, :nf].astype(f32)[..., None]
     agent = jnp.concatenate([_pose_feats(a[..., :3]), a[..., 3:5] / SPEED_SCALE, av], -1) * av
@@ -390,7 +390,8 @@ def scene_entity_features(scene: types.Scene) -> dict[str, tuple[jax.Array, jax.
     lights = jnp.concatenate([
         (scene.red_light_polygons.astype(f32) / POS_SCALE_M).reshape(
             *scene.red_light_polygons.shape[:2], -1),
-        scene.red_light_is_red[..., :nf].astype(f32), scene.red_light_on_route.astype(f32)[..., None]], -1)
+        scene.red_light_is_red[..., :nf].astype(f32),
+        scene.red_light_on_route.astype(f32)[..., None]], -1)
 
     lanes = jnp.concatenate([
         _pose_feats(scene.lane_vectors.astype(f32)).reshape(*scene.lane_vectors.shape[:2], -1),

@@ -8,8 +8,8 @@ At every step, for every row:
 2. the reward function scores the plan in the current scene (RWM by default, the true scorer as
    an ablation; both can be logged). The scene's agents and lights are the log's at
    t*0.5 .. t*0.5 + 4 s: episodes are at most ``types.MAX_CLOSED_LOOP_STEPS`` (3) steps long,
-   so no step is scored against agents the log does not have (:func:`check_episode_length`). It also gets the plan's extended comfort (EC): from the
-   second step on, the plan is compared with the plan of the step before, both simulated for
+   so no step is scored against agents the log does not have (:func:`check_episode_length`).
+   It also gets the plan's extended comfort (EC): from the second step on, the plan is compared with the plan of the step before, both simulated for
    4 s from their own start state (``comfort.extended_comfort``), which is what NAVSIM's EC
    measures between consecutive frames. EC depends on the ego's own two plans only, not on
    the world, so it is computed exactly whatever the reward source;
@@ -181,10 +181,7 @@ def warp_bev(bev_map: jax.Array, pose: jax.Array, range_m: float) -> jax.Array:
     centers = jnp.asarray(bev_lib.bev_cell_centers((h, w), range_m))              # [H,W,2]
     pts = jnp.concatenate([centers, jnp.zeros((h, w, 1), jnp.float32)], -1)
     old = geometry.to_global(pts[None], pose[:, None, None, :])[..., :2]          # [N,H,W,2]
-    # Invert bev_cell_centers: x = r - (row + 0.5) * 2r/h.
-    row = (range_m - old[..., 0]) * (h / (2 * range_m)) - 0.5
-    col = (range_m - old[..., 1]) * (w / (2 * range_m)) - 0.5
-    coords = jnp.stack([row, col])                                                # [2,N,H,W]
+    coords = jnp.stack(bev_lib.bev_cell_coords(old, (h, w), range_m))             # [2,N,H,W]
 
     def one(img, rc):       # img [H,W,D], rc [2,H,W]
         return jax.vmap(lambda ch: jax.scipy.ndimage.map_coordinates(
