@@ -141,7 +141,7 @@ def test_an_unwritable_checkpoint_directory_ends_the_run_with_an_error(tmp_path)
     """The directory turns unwritable mid-run (as root, chmod does not stop writes: it becomes
     a file). The process must end by itself, non-zero, naming the directory."""
     script = textwrap.dedent(f"""
-        import os, shutil, sys
+        import os, sys
         sys.path.insert(0, {REPO!r})
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
         import jax, jax.numpy as jnp
@@ -152,9 +152,20 @@ def test_an_unwritable_checkpoint_directory_ends_the_run_with_an_error(tmp_path)
 
         def step(state, batch, rng):
             if int(batch[0]) == 4:        # after the checkpoint at step 3
-                os.chmod(ckdir, 0o500)
-                shutil.rmtree(ckdir)
-                open(ckdir, "w").close()
+                # the async save of step 3 may still be creating directories under ckdir:
+                # move it aside and retry until a plain file holds the name
+                for attempt in range(100):
+                    try:
+                        os.rename(ckdir, ckdir + f".gone{{attempt}}")
+                    except FileNotFoundError:
+                        pass
+                    try:
+                        open(ckdir, "x").close()
+                        break
+                    except (IsADirectoryError, FileExistsError):
+                        continue
+                else:
+                    raise RuntimeError("could not replace " + ckdir + " by a file")
             return T._step(state, batch, rng)
 
         c = T._config(12)
