@@ -277,6 +277,10 @@ def get_config() -> ml_collections.ConfigDict:
         # "joint" (all M modes' transitions: exact). metrics log_ratio_gap_joint = the gap.
         chain_logprob="chosen",
         kl_coef=0.1,               # BC/KL term to the frozen IL policy (ReCogDrive 0.1)
+        # IL's trajectory loss on the logged future at each scene's first planning step (the
+        # ego at the logged state), added to the PPO loss with this weight (0: off): a training
+        # target, as in stage 1, never an input (ppo.bc_loss)
+        bc_weight=0.0,
         vf_coef=0.5, value_hidden=128,
         epochs=2, minibatches=2,
         lr=1e-3, warmup_steps=0, weight_decay=0.0, clip_norm=1.0, end_lr_factor=1.0,

@@ -218,11 +218,17 @@ class VLAPolicy(nn.Module):
         Returns (tokens, x0 [B,M,8,3] normalised prediction, mode logits [B,M],
         anchors [M,8,3] in metres)."""
         tokens = self.encode(scene, train=train)
+        return (tokens, *self.denoise_noised_anchors(tokens, noise_rng))
+
+    def denoise_noised_anchors(self, tokens: SceneTokens, noise_rng: jax.Array):
+        """The planner's IL training pass from given tokens [B,...]: the anchors noised at a
+        random training timestep, denoised. Returns (x0 [B,M,8,3] normalised, mode logits
+        [B,M], anchors [M,8,3] in metres); ``losses.trajectory_imitation_loss`` scores them."""
         anchors_n = self.planner.anchors_normalized()
-        b = scene.ego_velocity.shape[0]
+        b = tokens.bev.shape[0]
         x_t, t = planner_lib.training_inputs(anchors_n, b, noise_rng, self.cfg.planner)
         x0, logits = self.planner(x_t, t, tokens)
-        return tokens, x0, logits, self.planner.anchors.value
+        return x0, logits, self.planner.anchors.value
 
     def __call__(self, scene: types.Scene, train: bool = False):
         """Init entry: encode + one denoising pass on the noise-free anchors.

@@ -25,7 +25,6 @@ import optax
 from irlvla_jax import geometry, parallel, tracking, types
 from irlvla_jax.models import anchors as anchors_lib
 from irlvla_jax.models import detection as det_lib
-from irlvla_jax.models import planner as planner_lib
 from irlvla_jax.models import policy as policy_lib
 from irlvla_jax.models import weights
 from irlvla_jax.train import losses
@@ -63,13 +62,9 @@ def il_loss(model: policy_lib.VLAPolicy, config, params, model_state, batch: typ
     # trajectory: classify the anchor nearest the expert, regress that mode's trajectory
     expert = batch.expert_future[:, :types.PLAN_LEN].astype(jnp.float32)
     valid = batch.expert_future_valid[:, :types.PLAN_LEN]
-    target = planner_lib.nearest_anchor(anchors, expert, valid)                     # [B]
-    m = logits.shape[-1]
-    l_cls = losses.sigmoid_focal_loss(logits, jax.nn.one_hot(target, m),
-                                      config.il.focal_alpha, config.il.focal_gamma)
-    pred = planner_lib.denormalize(
-        jnp.take_along_axis(x0, target[:, None, None, None], axis=1)[:, 0], mcfg.planner)
-    l_reg = losses.l1_loss(pred, expert, valid[..., None])
+    l_cls, l_reg, target = losses.trajectory_imitation_loss(
+        x0, logits, anchors, expert, valid, mcfg.planner, config.il.focal_alpha,
+        config.il.focal_gamma)
 
     # detection (Hungarian-matched) on the agents present at t = 0
     gt = det_lib.detection_targets(batch.agent_states, batch.agent_size, batch.agent_class,

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from irlvla_jax.models import planner as planner_lib
+
 
 def masked_mean(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean of ``x`` over entries where ``mask`` (broadcast to x) is true; 0 if none are."""
@@ -62,3 +64,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None =
 def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Top-1 accuracy. logits [..., K], labels [...]."""
     return masked_mean(jnp.argmax(logits, -1) == labels, mask)
+
+
+def trajectory_imitation_loss(x0: jax.Array, logits: jax.Array, anchors: jax.Array,
+                              expert: jax.Array, valid: jax.Array, planner_cfg,
+                              focal_alpha: float, focal_gamma: float
+                              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The planner's imitation terms (IL's, and stage 3's BC term): classify the anchor
+    nearest the expert (sigmoid focal), regress that mode's denoised trajectory (L1).
+
+    x0 [B,M,8,3] normalised, logits [B,M], anchors [M,8,3] metres, expert [B,8,3] metres,
+    valid [B,8]. Returns (classification loss, L1 loss, target mode [B])."""
+    target = planner_lib.nearest_anchor(anchors, expert, valid)                     # [B]
+    l_cls = sigmoid_focal_loss(logits, jax.nn.one_hot(target, logits.shape[-1]),
+                               focal_alpha, focal_gamma)
+    pred = planner_lib.denormalize(
+        jnp.take_along_axis(x0, target[:, None, None, None], axis=1)[:, 0], planner_cfg)
+    return l_cls, l1_loss(pred, expert, valid[..., None]), target

@@ -47,7 +47,7 @@ from irlvla_jax.models import reward_model as rwm_lib
 from irlvla_jax.models.planner import Chain, SceneTokens
 from irlvla_jax.sim import scorer, simulate
 from irlvla_jax.train import advantages as adv_lib
-from irlvla_jax.train import loop, stage_results
+from irlvla_jax.train import loop, losses, stage_results
 from irlvla_jax.train import rollout as rollout_lib
 from irlvla_jax.train.state import TrainState, make_optimizer
 
@@ -196,9 +196,32 @@ def action_logprobs(model, variables, tokens: SceneTokens, chain: Chain, joint: 
     return (jnt if joint else chosen), ent
 
 
-def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
-             ) -> tuple[jax.Array, dict]:
-    """DPPO loss of a minibatch (scalar) and its metrics. cfg = ``config.ppo``."""
+class BCBatch(NamedTuple):
+    """The behaviour-cloning term's data (``config.ppo.bc_weight``): the first planning step
+    of each scene, where the ego is at the logged state and the logged future is the target."""
+    tokens: SceneTokens       # [B,...]
+    expert: jax.Array         # [B,8,3] the logged future (a training target, never an input)
+    valid: jax.Array          # [B,8]
+
+
+def bc_loss(model: policy_lib.VLAPolicy, variables, bc: BCBatch, rng: jax.Array, il_cfg
+            ) -> tuple[jax.Array, dict]:
+    """IL's trajectory loss (``losses.trajectory_imitation_loss``, weighted as in IL by
+    ``il_cfg.loss_weights``) of the planner on the logged future, from the stored tokens:
+    keeps the denoiser's waypoints on the expert's manifold while PPO moves it."""
+    x0, logits, anchors = model.apply(variables, bc.tokens, rng,
+                                      method=policy_lib.VLAPolicy.denoise_noised_anchors)
+    l_cls, l_reg, _ = losses.trajectory_imitation_loss(
+        x0, logits, anchors, bc.expert, bc.valid, model.cfg.planner, il_cfg.focal_alpha,
+        il_cfg.focal_gamma)
+    w = il_cfg.loss_weights
+    return w.traj_cls * l_cls + w.traj_reg * l_reg, {"bc_cls": l_cls, "bc_l1": l_reg}
+
+
+def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg,
+             bc: Callable | None = None) -> tuple[jax.Array, dict]:
+    """DPPO loss of a minibatch (scalar) and its metrics. cfg = ``config.ppo``; bc: None, or
+    ``bc(variables) -> (loss, metrics)`` added with weight ``cfg.bc_weight``."""
     variables = stage_results.rl_policy_variables(frozen_policy, params)
     chosen, joint, entropy = chain_terms(model, variables, mb.tokens, mb.chain)   # [R,S+1]
     use_joint = cfg.get("chain_logprob", "chosen") == "joint"
@@ -216,6 +239,10 @@ def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
     value = value_head.apply({"params": params["value"]}, mb.tokens)
     v_loss = 0.5 * jnp.mean((value - mb.ret) ** 2)
     loss = pg_loss + cfg.kl_coef * kl + cfg.vf_coef * v_loss
+    extra = {}
+    if bc is not None:
+        l_bc, extra = bc(variables)
+        loss = loss + cfg.bc_weight * l_bc
     log_ratio = logp - old_logp
     # How far the chosen-mode ratio is from the exact joint one (the approximation's error),
     # per denoising transition, in log-ratio units (the clip ranges are ~0.02 .. 0.1).
@@ -225,7 +252,7 @@ def ppo_loss(params, model, value_head: ValueHead, frozen_policy, mb: Batch, cfg
                   "approx_kl_old": jnp.mean(jnp.exp(log_ratio) - 1.0 - log_ratio),
                   "log_ratio_gap_joint": jnp.mean(gap),
                   "log_ratio_gap_joint_max": jnp.max(gap),
-                  "mode_entropy": jnp.mean(entropy)}
+                  "mode_entropy": jnp.mean(entropy), **extra}
 
 
 def mask_gradients(grads, trainable: str):
@@ -318,6 +345,12 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
                      old_joint=jax.lax.stop_gradient(old_joint),
                      il_logp=jax.lax.stop_gradient(il_logp), adv=flat(adv), ret=flat(ret))
 
+        use_bc = float(cfg.get("bc_weight", 0.0)) > 0
+        if use_bc:
+            bc_data = BCBatch(tokens=jax.tree.map(lambda x: x[0, ::g], traj.tokens),
+                              expert=scene.expert_future[:, :types.PLAN_LEN].astype(jnp.float32),
+                              valid=scene.expert_future_valid[:, :types.PLAN_LEN])
+
         rows = horizon * n
         mbs = int(cfg.minibatches)
         if rows % mbs:
@@ -330,13 +363,19 @@ def make_update(config, model: policy_lib.VLAPolicy, reward_fn: rollout_lib.Rewa
             shuffled = jax.tree.map(lambda x: x[perm].reshape(mbs, rows // mbs, *x.shape[1:]),
                                     data)
 
-            def minibatch(st2, mb):
-                (_, m), grads = grad_fn(st2.params, model, value_head, frozen["policy"], mb, cfg)
+            def minibatch(st2, xs):
+                mb, k_bc = xs
+                bc = None
+                if use_bc:
+                    def bc(variables):
+                        return bc_loss(model, variables, bc_data, k_bc, config.il)
+                (_, m), grads = grad_fn(st2.params, model, value_head, frozen["policy"], mb, cfg,
+                                        bc)
                 grads = mask_gradients(grads, cfg.trainable)
                 m["grad_norm"] = optax.tree.norm(grads)
                 return st2.apply_gradients(grads), m
 
-            return jax.lax.scan(minibatch, st, shuffled)
+            return jax.lax.scan(minibatch, st, (shuffled, jax.random.split(key, mbs)))
 
         state, learn = jax.lax.scan(epoch, state, jax.random.split(k_perm, int(cfg.epochs)))
         metrics = {k: jnp.mean(v) for k, v in learn.items()}
