@@ -298,3 +298,45 @@ def test_geometry_head_learns_the_candidate_scene_geometry():
     bad.irl.geometry_weight = 1.0
     with pytest.raises(ValueError, match="aux_geometry"):
         irl.make_train_step(bad, model, toy_labels, noisy_policy)
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    from random_data import random_data_config
+    return random_data_config(tmp_path_factory, scenes=20, batch_size=8)
+
+
+def _whole_split_batches(config, limit):
+    """irl._eval_batches before it streamed: the split's first ``limit`` scenes loaded whole,
+    cut into batches of min(batch size, n), a last partial batch dropped."""
+    from irlvla_jax.data import loader
+    scenes, _ = loader.load_split_numpy(config, config.data.eval_split, limit)
+    n = scenes.speed_limit.shape[0]
+    b = min(config.data.batch_size, n)
+    return [jax.tree.map(lambda x: x[i:i + b], scenes) for i in range(0, n - b + 1, b)]
+
+
+@pytest.mark.parametrize("devices,limit", [(8, None), (8, 12), (1, 5)])
+def test_streamed_eval_batches_equal_the_whole_split_ones(eval_data, devices, limit):
+    """20 scenes, batches of 8: the streamed batches on the mesh are the ones the whole split
+    gave (the last 4 or 12 - 8 scenes dropped; a limit under one batch is one batch of it)."""
+    mesh = parallel.make_mesh({"data": -1, "fsdp": 1}, jax.devices()[:devices])
+    got = list(irl._eval_batches(eval_data, limit, mesh))
+    want = _whole_split_batches(eval_data, limit)
+    assert len(got) == len(want) == {None: 2, 12: 1, 5: 1}[limit]
+    for g, w in zip(got, want):
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(w), strict=True):
+            assert a.sharding == parallel.data_sharding(mesh)
+            np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_eval_under_one_batch_rounds_down_to_the_mesh(eval_data):
+    """Fewer held-out scenes than a batch on several devices: one batch of as many as the
+    mesh splits evenly (the first 4 of 6 on 4 devices); fewer than the devices: an error."""
+    mesh = parallel.make_mesh({"data": -1, "fsdp": 1}, jax.devices()[:4])
+    (got,) = list(irl._eval_batches(eval_data, 6, mesh))
+    want = _whole_split_batches(eval_data, 4)[0]
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    with pytest.raises(ValueError, match="fewer than the mesh's 4 batch devices"):
+        irl._eval_batches(eval_data, 3, mesh)

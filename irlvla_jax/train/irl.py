@@ -379,7 +379,7 @@ def evaluate_reward_model(eval_step, params, frozen, batches, rng, train_means=N
     outs: dict[str, list] = {}
     source = None
     for i, scene in enumerate(batches):
-        o = jax.device_get(eval_step(params, frozen, scene, jax.random.fold_in(rng, i)))
+        o = parallel.to_host(eval_step(params, frozen, scene, jax.random.fold_in(rng, i)))
         for k, v in o.items():
             if k == "source":
                 source = np.asarray(v)
@@ -458,13 +458,26 @@ def make_policy_fn(policy_model, num: int, advance_steps: int = 0):
     return fn
 
 
-def _eval_batches(config, limit: int):
+def _eval_batches(config, limit: int | None, mesh: jax.sharding.Mesh) -> Iterator[types.Scene]:
+    """The held-out split's first ``limit`` scenes (all when None) in stored order, streamed as
+    Scene batches of ``config.data.batch_size`` on the mesh's 'data' axis
+    (``loader.make_loader``: each process reads and decodes only its rows; one batch at a time
+    in host memory). A last partial batch is dropped. A split (or ``limit``) smaller than one
+    batch is one batch of its first scenes, rounded down to a multiple of the mesh's batch
+    devices (on one device: all of them)."""
     from irlvla_jax.data import loader
-    scenes, _ = loader.load_split_numpy(config, config.data.eval_split, limit)
-    n = scenes.speed_limit.shape[0]
-    b = min(config.data.batch_size, n)
-    for i in range(0, n - b + 1, b):
-        yield jax.tree.map(lambda x: jnp.asarray(x[i:i + b]), scenes)
+    split = config.data.eval_split
+    n = len(loader.open_source(config, split))
+    n = n if limit is None else min(n, int(limit))
+    if n < int(config.data.batch_size):
+        d = parallel.batch_devices(mesh)
+        if n < d:
+            raise ValueError(f"irl: {n} held-out scenes of {split!r} (irl.eval_scenes={limit}) "
+                             f"are fewer than the mesh's {d} batch devices")
+        config = config.copy_and_resolve_references()
+        config.data.batch_size = n // d * d
+    it = loader.make_loader(config, split, mesh, seed=0, shuffle=False, num_epochs=1, limit=limit)
+    return (scene for scene, _ in it)
 
 
 def run(config, workdir: str) -> dict:
@@ -517,17 +530,18 @@ def run(config, workdir: str) -> dict:
     eval_step = jit_eval_step(make_eval_step(config, model, scorer_labels, policy_fn), fuse,
                               train_step, share_candidates=advance == 0)
     limit = None if icfg.eval_scenes < 0 else icfg.eval_scenes
-    result = evaluate_reward_model(eval_step, state.params, frozen, _eval_batches(config, limit),
-                                   k_eval, means,
+    result = evaluate_reward_model(eval_step, state.params, frozen,
+                                   _eval_batches(config, limit, mesh), k_eval, means,
                                    dump=os.path.join(workdir, "irl", "eval_outputs.npz"))
     result["train_label_means"] = means
     result["privileged_inputs"] = list(rwm_lib.privileged_inputs(config.rwm))
     steps = int(icfg.get("closed_loop_steps", 0))
     from irlvla_jax.train import rwm_closed_loop
     if steps > 0:
+        # the policy variables as placed on the mesh (frozen), like the RWM's and the scenes'
         result["closed_loop"] = rwm_closed_loop.evaluate(
-            config, policy_model, policy_vars, {"rwm": (model, state.params)},
-            _eval_batches(config, limit), jax.random.fold_in(k_eval, 1), steps,
+            config, policy_model, frozen["policy"], {"rwm": (model, state.params)},
+            _eval_batches(config, limit, mesh), jax.random.fold_in(k_eval, 1), steps,
             {"rwm": means})["rwm"]
     tracking.write_result(os.path.join(workdir, "irl", "eval.json"), result)
     names = [k for k in result["rwm"] if k != "num_scenes"]

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irlvla_jax import geometry, types
+from irlvla_jax import geometry, parallel, types
 from irlvla_jax.models import policy as policy_lib
 from irlvla_jax.models import reward_model as rwm_lib
 from irlvla_jax.sim.scorer import scorer_labels
@@ -145,7 +145,7 @@ def evaluate(config, policy_model, policy_vars, rwms: Mapping[str, tuple], batch
     cat: dict[str, dict[str, list]] = {k: {} for k in rwms}
     source = None
     for i, scene in enumerate(batches):
-        out = jax.device_get(fn(policy_vars, vocab, params, scene, jax.random.fold_in(rng, i)))
+        out = parallel.to_host(fn(policy_vars, vocab, params, scene, jax.random.fold_in(rng, i)))
         source = np.asarray(out.pop("source"))[0]
         out.pop("trajs")
         for name, o in out.items():
