@@ -13,7 +13,7 @@ import ppo_scenes
 from irlvla_jax import parallel
 from irlvla_jax.models import policy as policy_lib
 from irlvla_jax.models import reward_model as rwm_lib
-from irlvla_jax.train import ppo
+from irlvla_jax.train import losses, ppo
 from irlvla_jax.train import rollout as ro
 from irlvla_jax.train import stage_results
 from irlvla_jax.train.state import TrainState
@@ -116,6 +116,61 @@ def test_true_scorer_is_logged_on_written_updates_only():
     flags = jax.vmap(lambda st: ppo.is_logged_update(st, 2, 3))(steps)
     np.testing.assert_array_equal(flags, [False, False, True, False, False, True])
     assert bool(ppo.is_logged_update(jnp.int32(5), 1, 1))
+
+
+def test_bc_term_is_ils_trajectory_loss_and_its_gradient_reaches_the_planner(setup):
+    """ppo.bc_weight: the BC term is stage 1's trajectory loss (same noise, same targets) from
+    the stored tokens, enters ppo_loss with its weight, and a small step down ppo_loss's
+    gradient (advantages zero, no KL, no value loss) lowers it."""
+    s, il_cfg = setup, setup["config"].il
+    model, il_vars, scene = s["model"], s["il_vars"], s["scene"]
+    expert = scene.expert_future[:, :8].astype(jnp.float32)
+    valid = scene.expert_future_valid[:, :8]
+    cfg = copy.deepcopy(s["config"].ppo)
+    cfg.update(dict(kl_coef=0.0, vf_coef=0.0, bc_weight=2.0))
+    value_head = ppo.ValueHead(cfg.value_hidden)
+
+    @jax.jit
+    def fn(params, rng):
+        variables = stage_results.rl_policy_variables(il_vars, params)
+        tokens, x0, logits, anchors = model.apply(
+            variables, scene, rng, False, method=policy_lib.VLAPolicy.il_forward)
+        tokens = tokens.replace(aux={})
+        il_cls, il_l1, _ = losses.trajectory_imitation_loss(
+            x0, logits, anchors, expert, valid, model.cfg.planner, il_cfg.focal_alpha,
+            il_cfg.focal_gamma)
+        bc_batch = ppo.BCBatch(tokens=tokens, expert=expert, valid=valid)
+        bc, m = ppo.bc_loss(model, variables, bc_batch, rng, il_cfg)
+        n = B * cfg.group_size
+        traj, _ = ro.rollout(model, variables, scene, rng, s["reward_fn"], num_steps=1,
+                             group_size=cfg.group_size)
+        chain = jax.tree.map(lambda x: x[0], traj.chain)
+        stored = jnp.concatenate([chain.logprob, chain.mode_logprob[:, None]], -1)
+        mb = ppo.Batch(tokens=jax.tree.map(lambda x: x[0], traj.tokens), chain=chain,
+                       old_logp=stored, old_joint=stored, il_logp=stored, adv=jnp.zeros(n),
+                       ret=jnp.zeros(n))
+
+        def total(p):
+            bc_fn = lambda v: ppo.bc_loss(model, v, bc_batch, rng, il_cfg)    # noqa: E731
+            return ppo.ppo_loss(p, model, value_head, il_vars, mb, cfg, bc_fn)
+        (loss, metrics), grads = jax.value_and_grad(total, has_aux=True)(params)
+        return (il_cls, il_l1), (bc, m), (loss, metrics), grads
+
+    params, rng = _copy(s["state"].params), jax.random.PRNGKey(11)
+    (il_cls, il_l1), (bc, m), (loss, metrics), grads = fn(params, rng)
+    np.testing.assert_allclose([m["bc_cls"], m["bc_l1"]], [il_cls, il_l1], rtol=1e-5)
+    w = il_cfg.loss_weights
+    np.testing.assert_allclose(bc, w.traj_cls * il_cls + w.traj_reg * il_l1, rtol=1e-5)
+    # zero advantages: the policy-gradient term is exactly 0, the loss is the weighted BC term
+    np.testing.assert_allclose(loss, 2.0 * bc, rtol=1e-5)
+    assert float(metrics["bc_l1"]) == pytest.approx(float(il_l1), rel=1e-5)
+    # a small step down the gradient lowers the BC term (it reaches the trained parameters)
+    gnorm2 = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads["planner"]))
+    assert gnorm2 > 0
+    eps = 1e-3 / np.sqrt(gnorm2)
+    stepped = jax.tree.map(lambda p, g: p - eps * g, params, grads)
+    _, (bc_after, _), _, _ = fn(stepped, rng)
+    assert float(bc_after) < float(bc) - 0.25 * eps * gnorm2 / 2.0, (float(bc), float(bc_after))
 
 
 def _copy(tree):
