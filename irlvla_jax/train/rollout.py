@@ -9,10 +9,11 @@ At every step, for every row:
    an ablation; both can be logged). The scene's agents and lights are the log's at
    t*0.5 .. t*0.5 + 4 s: episodes are at most ``types.MAX_CLOSED_LOOP_STEPS`` (3) steps long,
    so no step is scored against agents the log does not have (:func:`check_episode_length`).
-   It also gets the plan's extended comfort (EC): from the second step on, the plan is compared with the plan of the step before, both simulated for
-   4 s from their own start state (``comfort.extended_comfort``), which is what NAVSIM's EC
-   measures between consecutive frames. EC depends on the ego's own two plans only, not on
-   the world, so it is computed exactly whatever the reward source;
+   It also gets the plan's extended comfort (EC): from the second step on, the plan is
+   compared with the plan of the step before, both simulated for 4 s from their own start
+   state (``comfort.extended_comfort``), which is what NAVSIM's EC measures between
+   consecutive frames. EC depends on the ego's own two plans only, not on the world, so it is
+   computed exactly whatever the reward source;
 3. the ego executes the first 0.5 s of the plan: the LQR tracker + kinematic bicycle of
    ``irlvla_jax.sim`` for 5 steps of 0.1 s, starting from the carried ego state (speed,
    acceleration, steering are kept across steps; the pose is re-zeroed in each new frame);
