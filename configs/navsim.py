@@ -87,8 +87,8 @@ def get_config():
                       num_vocab=16, num_policy=16, num_perturb=32,
                       log_every=50, ckpt_every=1000, eval_scenes=2000))
     # --- ppo at paper scale (stage 3) ----------------------------------------------------------
-    # Full DPPO (denoiser + classifier), the paper's setting. The tiny default trains only the
-    # classifier (see the README's stage-3 section).
+    # Full DPPO (denoiser + classifier) with smooth chain noise and the BC term, as the tiny
+    # default (configs/tiny.py); lr scaled down for the larger model.
     c.ppo.update(dict(num_updates=2000, group_size=8, horizon=3, epochs=4, minibatches=8,
                       lr=2e-5, trainable="planner", log_every=10, ckpt_every=100))
     return c

@@ -207,17 +207,19 @@ def get_config() -> ml_collections.ConfigDict:
         # agents, red connectors, off-road, lane distance): privileged, off by default
         interaction=False,
         # sensor features along each candidate: the policy's BEV feature map (tokens.bev_map)
-        # read at every waypoint's footprint corners, centre and 1 s-lookahead point
-        bev_sampling=False,
+        # read at every waypoint's footprint corners, centre and 1 s-lookahead point (needs
+        # scene_encoder "policy"; without it the RWM sees the plan only as waypoints, and full
+        # DPPO against it gains nothing: README "Stage 3")
+        bev_sampling=True,
         bev_sample_dim=32,         # width of the sampler's conv over the BEV map
         bev_range_m=m.bev.get_ref("range_m"),   # the BEV map's [-r, r]^2 (its layout)
         # a head on the waypoint tokens predicting the per-waypoint scene geometry (trained by
         # irl.geometry_weight against ground truth; an output, never an input)
-        aux_geometry=False,
+        aux_geometry=True,
         dtype="float32",
     ))
     c.irl = ml_collections.ConfigDict(dict(
-        num_steps=200, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,
+        num_steps=600, lr=1e-3, warmup_steps=20, weight_decay=1e-4, clip_norm=1.0,
         end_lr_factor=0.05,
         num_vocab=8, num_policy=4, num_perturb=8,   # K = 1 + 8 + 4 + 8 = 21 candidates / scene
         perturb=dict(lateral_m=3.0, speed_range=(0.5, 1.5), heading_rad=0.3, noise_m=0.6),
@@ -239,20 +241,21 @@ def get_config() -> ml_collections.ConfigDict:
         closed_loop_steps=3,       # at most types.MAX_CLOSED_LOOP_STEPS (the log ends at 5 s)
         # closed-loop training states: each scene first drives a uniform 0 .. this many planning
         # steps of a stage-3 episode of the IL policy (candidates + labels at the state reached,
-        # tokens re-observed; train/rwm_closed_loop.advance; 0: logged frames only)
-        closed_loop_train_steps=0,
+        # tokens re-observed; train/rwm_closed_loop.advance; 0: logged frames only): the states
+        # stage 3 scores, so the RWM learns to rank plans there too
+        closed_loop_train_steps=1,
         # auxiliary loss: the BEV sampler's features decoded into the BEV-semantic label
         # (a training target, never an input; needs rwm.bev_sampling; 0: off)
         bev_seg_weight=0.0,
         # auxiliary loss: the waypoint tokens predict the ground-truth candidate-scene geometry
         # (reward_model.interaction_features: a training target; needs rwm.aux_geometry; 0: off)
-        geometry_weight=0.0,
+        geometry_weight=1.0,
     ))
     # --- ppo: stage 3, DPPO in closed loop inside the RWM (irlvla_jax/train/ppo.py,
     #     rollout.py, advantages.py) ---------------------------------------------------------
     c.ppo = ml_collections.ConfigDict(dict(
         num_updates=200,           # PPO updates; each = rollout + advantages + epochs x minibatches
-        group_size=4,              # G samples per scene (B = data.batch_size scenes per update)
+        group_size=8,              # G samples per scene (B = data.batch_size scenes per update)
         horizon=2,                 # T planning steps of 0.5 s per closed-loop episode (1: single
                                    # shot; at most 3: every step scored against logged agents)
         reward="rwm",              # "rwm" (trained on the world model) or "scorer" (true EPDMS)
@@ -264,26 +267,26 @@ def get_config() -> ml_collections.ConfigDict:
         normalize_advantages=True,  # standardise GAE advantages over the update's batch
         clip_first=0.02, clip_last=0.1, clip_rate=3.0,   # per-denoising-step clip schedule
         clip_mode=0.1,             # clip range of the classifier's mode choice
-        # What RL trains: "classifier" (the mode-classification head; the denoiser stays IL) or
-        # "planner" (denoiser + classifier, full DPPO: configs/ablations/full_dppo.py). The
-        # README's stage-3 section has the figures behind this default.
-        trainable="classifier",
+        # What RL trains: "planner" (denoiser + mode classifier: full DPPO, the paper's stage 3)
+        # or "classifier" (the mode-classification head only, the denoiser stays IL's: an
+        # ablation, configs/ablations/classifier_rl.py). README "Stage 3" has the figures.
+        trainable="planner",
         eta=0.0, sigma_min_sample=0.04, sigma_min_logprob=0.1,   # chain noise = entropy floor
         # The chain's exploration noise: "white" (i.i.d. per waypoint and coordinate) or
         # "smooth" (chain_noise_dims coefficients on t, t^2, .. per coordinate: the policy
         # gradient then moves the plans only along smooth displacements; planner.py)
-        chain_noise="white", chain_noise_dims=3,
+        chain_noise="smooth", chain_noise_dims=3,
         # The DPPO ratio of a denoising step: "chosen" (the executed mode's transition) or
         # "joint" (all M modes' transitions: exact). metrics log_ratio_gap_joint = the gap.
         chain_logprob="chosen",
         kl_coef=0.1,               # BC/KL term to the frozen IL policy (ReCogDrive 0.1)
         # IL's trajectory loss on the logged future at each scene's first planning step (the
         # ego at the logged state), added to the PPO loss with this weight (0: off): a training
-        # target, as in stage 1, never an input (ppo.bc_loss)
-        bc_weight=0.0,
+        # target, as in stage 1, never an input (ppo.bc_loss); it keeps full DPPO's plans smooth
+        bc_weight=0.05,
         vf_coef=0.5, value_hidden=128,
         epochs=2, minibatches=2,
-        lr=1e-3, warmup_steps=0, weight_decay=0.0, clip_norm=1.0, end_lr_factor=1.0,
+        lr=1e-4, warmup_steps=0, weight_decay=0.0, clip_norm=1.0, end_lr_factor=1.0,
         log_every=5, ckpt_every=10, keep_ckpts=2,   # log_every: also how often log_scorer runs
         eval_scenes=-1,            # held-out scenes for rl/eval.json (-1: the whole eval split)
     ))

@@ -1,8 +1,9 @@
 """Ablation / upper bound for stages 2-3: the reward world model reads ground truth instead of
 sensor features — its own encoder over the logged agent futures, the drivable-map polygons, the
 route and the red lights (``rwm.scene_encoder="privileged"``) plus hand-written per-waypoint
-geometric tests mirroring the scorer's checks (``rwm.interaction``). The policy is the default
-run's (honest inputs); only what the reward model sees changes.
+geometric tests mirroring the scorer's checks (``rwm.interaction``), instead of the policy's
+sensor tokens and BEV features under the plan. The policy is the default run's (honest inputs);
+only what the reward model sees changes.
 
     python launch.py irl --config configs/ablations/privileged_rwm.py
     python launch.py rl --config configs/ablations/privileged_rwm.py
@@ -21,4 +22,5 @@ def get_config():
     c.previous_stages_dir = "runs/tiny"
     c.rwm.scene_encoder = "privileged"
     c.rwm.interaction = True
+    c.rwm.bev_sampling = False    # it reads the policy's BEV map: a sensor-RWM option
     return c
