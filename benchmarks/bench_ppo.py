@@ -83,7 +83,8 @@ def _time(fn, *args, repeats: int) -> tuple[float, float]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=8, help="B scenes per update")
-    ap.add_argument("--group", type=int, default=4, help="G samples per scene")
+    ap.add_argument("--group", type=int, default=None,
+                    help="G samples per scene (default: configs/tiny.py's ppo.group_size)")
     ap.add_argument("--horizon", type=int, default=2, help="T planning steps per episode")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scorer", action="store_true",
@@ -98,7 +99,8 @@ def main():
     config = tiny.get_config()
     config.data.batch_size = args.batch
     config.model.use_semantic = not args.no_semantic
-    config.ppo.update(dict(group_size=args.group, horizon=args.horizon, log_scorer=False))
+    config.ppo.update(dict(group_size=args.group or config.ppo.group_size, horizon=args.horizon,
+                           log_scorer=False))
     cfg = config.ppo
     sizes = types.SceneSizes.from_config(config.data.sizes)
     scene = bench_scenes(sizes, args.batch)
@@ -142,10 +144,10 @@ def main():
         n, a, b = args.log_every, rows["rwm"], rows["rwm+scorer"]
         rows[f"rwm, scorer every {n}"] = {k: ((n - 1) * a[k] + b[k]) / n for k in a}
 
-    samples = args.batch * args.group
+    samples = args.batch * cfg.group_size
     dev = jax.devices()[0]
     print(f"device: {dev.platform} ({dev.device_kind}) x {jax.device_count()}")
-    print(f"update: B={args.batch} scenes x G={args.group} samples, T={args.horizon} steps, "
+    print(f"update: B={args.batch} scenes x G={cfg.group_size} samples, T={args.horizon} steps, "
           f"S={config.model.planner.sample_steps} denoising steps, epochs={cfg.epochs} x "
           f"minibatches={cfg.minibatches}; median of {args.repeats} runs")
     print("compile+first run (s): " + ", ".join(f"{k} {v:.1f}" for k, v in compile_s.items()))

@@ -1,7 +1,7 @@
 """How well a trained RWM ranks the IL policy's own modes: what classifier-only PPO can reach.
 
-Stage 3 by default re-ranks the frozen denoiser's modes (``ppo.trainable="classifier"``), so
-the reward model matters there through one question: among the M modes the IL policy plans in
+Classifier-only stage 3 (``ppo.trainable="classifier"``, configs/ablations/classifier_rl.py)
+re-ranks the frozen denoiser's modes, so the reward model matters there through one question: among the M modes the IL policy plans in
 a held-out scene, does the RWM's best have a high true EPDMS? Per held-out scene this plans one
 deterministic chain of the IL policy (as ``evaluate`` does), scores all M modes with the true
 scorer and with the RWM (reading what it reads in stage 3), and reports the mean true EPDMS of

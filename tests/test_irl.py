@@ -53,11 +53,14 @@ def noisy_policy(variables, scene, rng):
 def make_config(irl_weight=2.0):
     c = tiny.get_config()
     # The stand-in policy here has no sensor tokens: these tests of the IRL machinery use the
-    # RWM's own (privileged) scene encoder; the default sensor RWM runs in test_launch.
-    c.rwm.update(dict(scene_encoder="privileged", d_model=32, num_heads=4, mlp_dim=64,
-                      scene_layers=1, num_blocks=1))
+    # RWM's own (privileged) scene encoder, without the default's options that need a real
+    # policy (the BEV map under the plan, closed-loop training states) and without the geometry
+    # head (its own test below turns it on).
+    c.rwm.update(dict(scene_encoder="privileged", bev_sampling=False, aux_geometry=False,
+                      d_model=32, num_heads=4, mlp_dim=64, scene_layers=1, num_blocks=1))
     c.irl.update(dict(num_vocab=4, num_policy=3, num_perturb=4, lr=3e-3, warmup_steps=0,
-                      irl_weight=irl_weight, num_steps=4, log_every=1, ckpt_every=2))
+                      irl_weight=irl_weight, num_steps=4, log_every=1, ckpt_every=2,
+                      geometry_weight=0.0, closed_loop_train_steps=0))
     return c
 
 

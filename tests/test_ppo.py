@@ -65,6 +65,7 @@ def test_reward_counts_closed_loop_ec_after_the_first_step(setup):
     plans = jnp.zeros((B, 8, 3)).at[:, :, 0].set(jnp.arange(1.0, 9.0) * 3.0)
     cfg = s["config"].copy_and_resolve_references()
     cfg.rwm.scene_encoder = "privileged"       # reads the scene itself: no tokens needed here
+    cfg.rwm.bev_sampling = False               # (a sensor-RWM option)
     model = rwm_lib.RewardModel(cfg.rwm)
     params = rwm_lib.init_params(model, s["scene"], jax.random.PRNGKey(1))
     fn = ppo.make_reward_fn(model, params, use_scorer=False)

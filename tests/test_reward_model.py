@@ -138,7 +138,8 @@ def test_default_rwm_reads_sensor_features_not_ground_truth():
     assert not np.array_equal(apply(scene, _tokens(4)).ep_logit, base.ep_logit)
 
     priv = tiny.get_config().rwm
-    priv.update(scene_encoder="privileged", interaction=True, d_model=32, mlp_dim=64)
+    priv.update(scene_encoder="privileged", interaction=True, bev_sampling=False, d_model=32,
+                mlp_dim=64)
     assert R.privileged_inputs(priv) == ("scene_vectors", "interaction")
     pm = R.RewardModel(priv)
     pp = R.init_params(pm, scene, jax.random.PRNGKey(0))

@@ -30,6 +30,7 @@ def run():
     sp = rwm_lib.init_params(sensor, scene, jax.random.PRNGKey(1), policy_tokens=tokens)
     pcfg = config.rwm.copy_and_resolve_references()
     pcfg.scene_encoder = "privileged"
+    pcfg.bev_sampling = False
     priv = rwm_lib.RewardModel(pcfg)
     pp = rwm_lib.init_params(priv, scene, jax.random.PRNGKey(2))
     rwms = {"sensor": sensor, "privileged": priv}
