@@ -65,6 +65,8 @@ PANELS = {
            Panel("reward of the first plan", ("reward_first_step/rwm",
                                               "reward_first_step/scorer")),
            Panel("PPO losses", ("pg_loss", "value_loss")),
+           # ppo.bc_weight > 0: IL's trajectory loss on the logged future (classification, L1)
+           Panel("BC term (IL's trajectory loss)", ("bc_cls", "bc_l1")),
            Panel("KL to the IL policy, mode entropy", ("kl_il", "mode_entropy"))),
 }
 

@@ -47,7 +47,8 @@ def workdir(tmp_path_factory):
               open(w / "irl" / "eval.json", "w"))
     _jsonl(w / "rl" / "metrics.jsonl",
            [{"step": s, "time": t + s, "reward/rwm": 0.5 + s / 1e3, "reward/scorer": 0.4,
-             "pg_loss": -0.01, "value_loss": 0.1, "kl_il": 1e-3, "mode_entropy": 2.0}
+             "pg_loss": -0.01, "value_loss": 0.1, "kl_il": 1e-3, "mode_entropy": 2.0,
+             "bc_cls": 0.2, "bc_l1": 0.3}
             for s in range(1, 51)])
     os.makedirs(w / "eval")
     json.dump({"split": "synthetic_val", "policies": {
@@ -98,6 +99,8 @@ def test_curves_read_every_finite_record_and_label_by_metric(workdir):
     assert [t.get_text() for t in reward.get_legend().get_texts()] == ["rwm", "scorer"]
     # 50 points: each drawn faint, under its smoothed version
     assert len(reward.get_lines()) == 4
+    bc = [ax for ax in fig.axes if ax.get_title() == "BC term (IL's trajectory loss)"]
+    assert [t.get_text() for t in bc[0].get_legend().get_texts()] == ["bc_cls", "bc_l1"]
     assert report.plot_curves("il", {}) is None
 
 
