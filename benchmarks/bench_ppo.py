@@ -3,6 +3,7 @@
     python benchmarks/bench_ppo.py                          # configs/tiny.py, randomly initialised
     python benchmarks/bench_ppo.py --scorer                 # + updates that log the true scorer
     python benchmarks/bench_ppo.py --batch 16 --group 8 --horizon 2 --repeats 5
+    python benchmarks/bench_ppo.py --config configs/ablations/classifier_rl.py   # another stage 3
 
 Prints scene-samples per second of a whole update (B scenes x G samples; each sample is a
 T-step closed-loop episode) and the share of time in each part, measured by timing three
@@ -25,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from irlvla_jax import types  # noqa: E402
 from irlvla_jax.models import policy as policy_lib  # noqa: E402
@@ -82,9 +84,11 @@ def _time(fn, *args, repeats: int) -> tuple[float, float]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=os.path.join(REPO, "configs", "tiny.py"),
+                    help="config file whose model, rwm and ppo settings are timed")
     ap.add_argument("--batch", type=int, default=8, help="B scenes per update")
     ap.add_argument("--group", type=int, default=None,
-                    help="G samples per scene (default: configs/tiny.py's ppo.group_size)")
+                    help="G samples per scene (default: the config's ppo.group_size)")
     ap.add_argument("--horizon", type=int, default=2, help="T planning steps per episode")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scorer", action="store_true",
@@ -95,8 +99,8 @@ def main():
     ap.add_argument("--no-semantic", action="store_true", help="skip the semantic LM")
     args = ap.parse_args()
 
-    from configs import tiny
-    config = tiny.get_config()
+    from bench_il import load_config
+    config = load_config(args.config)
     config.data.batch_size = args.batch
     config.model.use_semantic = not args.no_semantic
     config.ppo.update(dict(group_size=args.group or config.ppo.group_size, horizon=args.horizon,
@@ -147,6 +151,8 @@ def main():
     samples = args.batch * cfg.group_size
     dev = jax.devices()[0]
     print(f"device: {dev.platform} ({dev.device_kind}) x {jax.device_count()}")
+    print(f"config: {os.path.relpath(args.config, REPO)} (ppo.trainable={cfg.trainable}, "
+          f"chain_noise={cfg.chain_noise}, bc_weight={cfg.get('bc_weight', 0.0)})")
     print(f"update: B={args.batch} scenes x G={cfg.group_size} samples, T={args.horizon} steps, "
           f"S={config.model.planner.sample_steps} denoising steps, epochs={cfg.epochs} x "
           f"minibatches={cfg.minibatches}; median of {args.repeats} runs")
