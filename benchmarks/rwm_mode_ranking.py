@@ -1,15 +1,16 @@
 """How well a trained RWM ranks the IL policy's own modes: what classifier-only PPO can reach.
 
 Classifier-only stage 3 (``ppo.trainable="classifier"``, configs/ablations/classifier_rl.py)
-re-ranks the frozen denoiser's modes, so the reward model matters there through one question: among the M modes the IL policy plans in
-a held-out scene, does the RWM's best have a high true EPDMS? Per held-out scene this plans one
-deterministic chain of the IL policy (as ``evaluate`` does), scores all M modes with the true
-scorer and with the RWM (reading what it reads in stage 3), and reports the mean true EPDMS of
-the IL classifier's pick, the RWM's pick, the best mode (oracle) and all modes, the
-within-scene Spearman of RWM vs scorer over the modes, and the true sub-scores of the RWM's pick.
+re-ranks the frozen denoiser's modes, so the reward model matters there through one question:
+among the M modes the IL policy plans in a held-out scene, does the RWM's best have a high true
+EPDMS? Per held-out scene this plans one deterministic chain of the IL policy (as ``evaluate``
+does), scores all M modes with the true scorer and with the RWM (reading what it reads in stage
+3), and reports the mean true EPDMS of the IL classifier's pick, the RWM's pick, the best mode
+(oracle) and all modes, the within-scene Spearman of RWM vs scorer over the modes, and the true
+sub-scores of the RWM's pick.
 
     python benchmarks/rwm_mode_ranking.py --config configs/tiny.py --workdir runs/X \
-        [--config.previous_stages_dir=runs/tiny] [--config.rwm.bev_sampling=True ...]
+        [--config.previous_stages_dir=runs/tiny] [--config.rwm.bev_sampling=False ...]
 
 Writes ``<workdir>/irl/mode_ranking.json``.
 """
